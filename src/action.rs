@@ -1,0 +1,166 @@
+//! What the filter does with a decision, given the policy's mode.
+//!
+//! The glue executes an [`Action`] after it has removed every header the
+//! filter owns (identity headers and the shadow verdict) from the request.
+
+use crate::config::{Mode, Policy, SHADOW_HEADER};
+use crate::credential::{AUTHORIZATION, X_API_KEY};
+use crate::decision::{Decision, Identity, Verdict};
+use crate::denial::{Denial, Reply};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action<'p> {
+    /// Send the request upstream with these headers set (replacing any value).
+    Forward {
+        set: Vec<(&'p str, String)>,
+        /// Credential headers to remove (`strip_credentials`).
+        remove: &'static [&'static str],
+    },
+    /// Answer locally; the request never reaches upstream.
+    Reply(Reply),
+}
+
+const CREDENTIAL_HEADERS: &[&str] = &[AUTHORIZATION, X_API_KEY];
+
+pub fn act<'p>(policy: &'p Policy, decision: &Decision<'p>) -> Action<'p> {
+    match (&decision.verdict, policy.mode) {
+        (Verdict::Allow(identity), _) => forward(policy, identity.as_ref()),
+        (Verdict::Deny(denial), Mode::Enforce) => Action::Reply(denial.reply()),
+        // Shadow: forward as anonymous, with the would-be verdict for upstream to see.
+        (Verdict::Deny(denial), Mode::Shadow) => Action::Forward {
+            set: vec![(SHADOW_HEADER, shadow_verdict(denial))],
+            remove: &[],
+        },
+    }
+}
+
+fn shadow_verdict(denial: &Denial) -> String {
+    format!("{} {}", denial.code.status(), denial.code.as_str())
+}
+
+fn forward<'p>(policy: &'p Policy, identity: Option<&Identity<'p>>) -> Action<'p> {
+    let Some(identity) = identity else {
+        return Action::Forward {
+            set: Vec::new(),
+            remove: &[],
+        };
+    };
+    let names = &policy.identity_headers;
+    let mut set = vec![
+        (names.org.as_str(), identity.org.to_owned()),
+        (names.account.as_str(), identity.account.to_owned()),
+        (names.key_id.as_str(), identity.subject.to_owned()),
+        (names.subject.as_str(), identity.subject.to_owned()),
+        (names.method.as_str(), identity.method.as_str().to_owned()),
+    ];
+    if !identity.scopes.is_empty() {
+        set.push((names.scopes.as_str(), identity.scopes.to_owned()));
+    }
+    let remove = if policy.strip_credentials {
+        CREDENTIAL_HEADERS
+    } else {
+        &[]
+    };
+    Action::Forward { set, remove }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{parse, Environment};
+    use crate::denial::Code;
+    use crate::route::CredentialKind;
+
+    struct Pepper;
+    impl Environment for Pepper {
+        fn var(&self, _: &str) -> Option<String> {
+            Some("pepper".into())
+        }
+    }
+
+    fn policy(extra: &str) -> Policy {
+        parse(format!(r#"{{"api_keys":{{}}{extra}}}"#).as_bytes(), &Pepper).unwrap()
+    }
+
+    const IDENTITY: Identity<'static> = Identity {
+        org: "o",
+        account: "a",
+        subject: "k1",
+        scopes: "",
+        method: CredentialKind::ApiKey,
+    };
+
+    fn allowed(identity: Option<Identity<'static>>) -> Decision<'static> {
+        Decision {
+            route: None,
+            verdict: Verdict::Allow(identity),
+            key_id: None,
+            malformed: None,
+        }
+    }
+
+    fn denied(code: Code) -> Decision<'static> {
+        Decision {
+            route: None,
+            verdict: Verdict::Deny(code.into()),
+            key_id: None,
+            malformed: None,
+        }
+    }
+
+    #[test]
+    fn allowed_callers_get_identity_headers_and_empty_scopes_are_omitted() {
+        let p = policy("");
+        let Action::Forward { set, remove } = act(&p, &allowed(Some(IDENTITY))) else {
+            panic!()
+        };
+        assert_eq!(
+            set,
+            [
+                ("x-org-id", "o".to_owned()),
+                ("x-account-id", "a".to_owned()),
+                ("x-key-id", "k1".to_owned()),
+                ("x-auth-subject", "k1".to_owned()),
+                ("x-auth-method", "api_key".to_owned()),
+            ]
+        );
+        assert!(remove.is_empty());
+        let scoped = Identity {
+            scopes: "a b",
+            ..IDENTITY
+        };
+        let Action::Forward { set, .. } = act(&p, &allowed(Some(scoped))) else {
+            panic!()
+        };
+        assert!(set.contains(&("x-auth-scopes", "a b".to_owned())));
+    }
+
+    #[test]
+    fn strip_credentials_removes_both_credential_headers_on_success_only() {
+        let p = policy(r#","strip_credentials":true"#);
+        let Action::Forward { remove, .. } = act(&p, &allowed(Some(IDENTITY))) else {
+            panic!()
+        };
+        assert_eq!(remove, ["authorization", "x-api-key"]);
+        let Action::Forward { remove, .. } = act(&p, &allowed(None)) else {
+            panic!()
+        };
+        assert!(remove.is_empty());
+    }
+
+    #[test]
+    fn enforce_replies_and_shadow_forwards_the_verdict() {
+        let Action::Reply(reply) = act(&policy(""), &denied(Code::RevokedApiKey)) else {
+            panic!()
+        };
+        assert_eq!(reply.status, 403);
+        let shadow = policy(r#","mode":"shadow""#);
+        assert_eq!(
+            act(&shadow, &denied(Code::RevokedApiKey)),
+            Action::Forward {
+                set: vec![("x-edge-auth-shadow", "403 revoked_api_key".into())],
+                remove: &[]
+            }
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! Policy configuration: parse (serde), then compile (validate and precompute).
+//!
+//! The filter and `edge-auth policy check` both call [`parse`], so they accept
+//! and refuse exactly the same documents with exactly the same messages.
+
+mod compile;
+mod schema;
+
+pub use compile::{ApiKeys, IdentityHeaders, Policy, Source, SHADOW_HEADER};
+pub use schema::{
+    BucketDoc, JwkSetDoc, KeyRecordDoc, Mode, PolicyDoc, DEFAULT_ACCOUNT_PATTERN,
+    DEFAULT_PEPPER_ENV,
+};
+
+use std::fmt;
+
+/// A configuration error: the field path and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Reads the environment of the process or VM (the pepper lives there).
+pub trait Environment {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment (in Envoy: `vm_config.environment_variables`).
+pub struct ProcessEnv;
+
+impl Environment for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+/// Parses and compiles a policy document.
+pub fn parse(json: &[u8], env: &dyn Environment) -> Result<Policy, ConfigError> {
+    let doc = parse_doc(json)?;
+    Policy::compile(&doc, env)
+}
+
+/// The serde step alone, with errors naming the field path.
+pub fn parse_doc(json: &[u8]) -> Result<PolicyDoc, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let doc: PolicyDoc = serde_path_to_error::deserialize(&mut de).map_err(|err| {
+        let path = err.path().to_string();
+        let path = if path == "." {
+            "config".to_owned()
+        } else {
+            path
+        };
+        ConfigError::new(path, err.into_inner().to_string())
+    })?;
+    de.end()
+        .map_err(|err| ConfigError::new("config", err.to_string()))?;
+    Ok(doc)
+}

@@ -1,0 +1,236 @@
+//! The policy document exactly as users write it (serde layer).
+//!
+//! Every struct denies unknown fields: a typo must fail loudly rather than
+//! silently disable a rule. Defaults are those of the product contract.
+//! Nothing here is validated beyond its JSON shape; `compile` does that.
+
+use serde::Deserialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    Shadow,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyDoc {
+    #[serde(default)]
+    pub mode: Mode,
+    #[serde(default = "default_account_pattern")]
+    pub account_pattern: String,
+    #[serde(default = "default_reserved_accounts")]
+    pub reserved_accounts: Vec<String>,
+    #[serde(default)]
+    pub identity_headers: IdentityHeadersDoc,
+    #[serde(default)]
+    pub strip_credentials: bool,
+    pub api_keys: Option<ApiKeysDoc>,
+    pub jwt: Option<JwtDoc>,
+    pub rate_limits: Option<RateLimitsDoc>,
+    #[serde(default)]
+    pub routes: Vec<RouteDoc>,
+}
+
+pub const DEFAULT_ACCOUNT_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
+
+fn default_account_pattern() -> String {
+    DEFAULT_ACCOUNT_PATTERN.to_owned()
+}
+
+fn default_reserved_accounts() -> Vec<String> {
+    vec!["kataven-admin".to_owned()]
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IdentityHeadersDoc {
+    pub org: String,
+    pub account: String,
+    pub key_id: String,
+    pub subject: String,
+    pub scopes: String,
+    pub method: String,
+}
+
+impl Default for IdentityHeadersDoc {
+    fn default() -> Self {
+        Self {
+            org: "x-org-id".to_owned(),
+            account: "x-account-id".to_owned(),
+            key_id: "x-key-id".to_owned(),
+            subject: "x-auth-subject".to_owned(),
+            scopes: "x-auth-scopes".to_owned(),
+            method: "x-auth-method".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeysDoc {
+    #[serde(default = "default_pepper_env")]
+    pub pepper_env: String,
+    #[serde(default = "default_secret_prefixes")]
+    pub secret_prefixes: Vec<String>,
+    #[serde(default = "default_public_prefixes")]
+    pub public_prefixes: Vec<String>,
+    #[serde(default)]
+    pub keys: Vec<KeyRecordDoc>,
+    #[serde(default)]
+    pub revoked: Vec<String>,
+    pub source: Option<SourceDoc>,
+}
+
+pub const DEFAULT_PEPPER_ENV: &str = "EDGE_AUTH_PEPPER";
+
+fn default_pepper_env() -> String {
+    DEFAULT_PEPPER_ENV.to_owned()
+}
+
+fn default_secret_prefixes() -> Vec<String> {
+    vec!["sk_live_".to_owned(), "sk_test_".to_owned()]
+}
+
+fn default_public_prefixes() -> Vec<String> {
+    vec!["pk_live_".to_owned(), "pk_test_".to_owned()]
+}
+
+/// One API key as stored in a policy or served by a key server.
+#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRecordDoc {
+    pub id: String,
+    pub hash: String,
+    pub org: String,
+    pub account: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scopes: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// Where a key set or JWKS is fetched from: an Envoy cluster and a path.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceDoc {
+    pub cluster: String,
+    pub path: String,
+    pub refresh_s: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtDoc {
+    pub providers: Vec<ProviderDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderDoc {
+    pub name: String,
+    pub issuer: String,
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<String>,
+    pub jwks: Option<JwkSetDoc>,
+    pub jwks_source: Option<SourceDoc>,
+    #[serde(default = "default_org_claim")]
+    pub org_claim: String,
+    #[serde(default = "default_accounts_claim")]
+    pub accounts_claim: String,
+    #[serde(default = "default_scopes_claim")]
+    pub scopes_claim: String,
+    pub account_header: Option<String>,
+    #[serde(default = "default_clock_skew_s")]
+    pub clock_skew_s: u64,
+}
+
+fn default_algorithms() -> Vec<String> {
+    vec!["RS256".to_owned(), "ES256".to_owned()]
+}
+
+fn default_org_claim() -> String {
+    "org_id".to_owned()
+}
+
+fn default_accounts_claim() -> String {
+    "accounts".to_owned()
+}
+
+fn default_scopes_claim() -> String {
+    "scope".to_owned()
+}
+
+fn default_clock_skew_s() -> u64 {
+    60
+}
+
+/// RFC 7517 JWK Set. Unknown JWK members are ignored, as the RFC requires.
+#[derive(Debug, Deserialize)]
+pub struct JwkSetDoc {
+    pub keys: Vec<JwkDoc>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct JwkDoc {
+    pub kty: String,
+    pub kid: Option<String>,
+    pub alg: Option<String>,
+    #[serde(rename = "use")]
+    pub use_: Option<String>,
+    pub k: Option<String>,
+    pub n: Option<String>,
+    pub e: Option<String>,
+    pub crv: Option<String>,
+    pub x: Option<String>,
+    pub y: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsDoc {
+    #[serde(default)]
+    pub plans: BTreeMap<String, Vec<BucketDoc>>,
+    pub default_plan: Option<String>,
+    pub jwt_plan: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BucketDoc {
+    pub name: String,
+    pub requests: u64,
+    pub per_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthDoc {
+    #[default]
+    Required,
+    Optional,
+    None,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteDoc {
+    pub prefix: Option<String>,
+    pub path: Option<String>,
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub auth: AuthDoc,
+    pub credentials: Option<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    #[serde(default)]
+    pub allow_reserved: bool,
+}

@@ -1,0 +1,400 @@
+//! Finding the one credential of a request (the contract's credential grammar).
+//!
+//! Every value of `authorization` and `x-api-key` is read: two values, or a
+//! comma-joined one, are ambiguous, and ambiguity is refused rather than
+//! resolved, so a bad credential can never fall back to another one.
+
+use std::fmt;
+
+/// Longest accepted credential header value, in bytes (after trimming).
+pub const MAX_VALUE_LEN: usize = 8 * 1024;
+
+pub const AUTHORIZATION: &str = "authorization";
+pub const X_API_KEY: &str = "x-api-key";
+
+/// The key-prefix conventions of a policy.
+#[derive(Debug, Clone)]
+pub struct Prefixes {
+    pub secret: Vec<String>,
+    pub public: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential<'a> {
+    /// An API key. `prefix_account` is the account a secret-prefixed key names.
+    ApiKey {
+        key: &'a str,
+        prefix_account: Option<&'a str>,
+    },
+    /// A publishable key: an identifier, never a credential.
+    Publishable,
+    /// A compact JWS (three base64url parts; the signature may be empty, so
+    /// unsigned tokens reach the verifier and are refused as invalid tokens).
+    Jwt(&'a str),
+}
+
+/// Why a credential was refused as malformed; for logs, never for clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Malformed {
+    /// More than one credential value (repeated, comma-joined, or both headers).
+    Ambiguous,
+    NotUtf8,
+    Empty,
+    TooLong,
+    /// Control characters or whitespace inside the value.
+    BadCharacter,
+    UnknownScheme,
+    /// A bearer token that is neither a prefixed key nor a JWT.
+    UnrecognisedToken,
+    /// A secret-prefixed key without `<account>_<secret>` after the prefix.
+    KeyShape,
+}
+
+impl fmt::Display for Malformed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Malformed::Ambiguous => "more than one credential",
+            Malformed::NotUtf8 => "not UTF-8",
+            Malformed::Empty => "empty value",
+            Malformed::TooLong => "value too long",
+            Malformed::BadCharacter => "control character or inner whitespace",
+            Malformed::UnknownScheme => "unsupported authorization scheme",
+            Malformed::UnrecognisedToken => "bearer token is neither an API key nor a JWT",
+            Malformed::KeyShape => "API key is not <prefix><account>_<secret>",
+        })
+    }
+}
+
+/// Which header a credential came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Authorization,
+    XApiKey,
+}
+
+/// Finds the request's credential, if any, among all header values.
+pub fn extract<'a, N, V>(
+    headers: &'a [(N, V)],
+    prefixes: &Prefixes,
+) -> Result<Option<(Credential<'a>, Source)>, Malformed>
+where
+    N: AsRef<str>,
+    V: AsRef<[u8]>,
+{
+    let mut found: Option<(&'a [u8], Source)> = None;
+    for (name, value) in headers {
+        let name = name.as_ref();
+        let source = if name.eq_ignore_ascii_case(AUTHORIZATION) {
+            Source::Authorization
+        } else if name.eq_ignore_ascii_case(X_API_KEY) {
+            Source::XApiKey
+        } else {
+            continue;
+        };
+        if found.is_some() {
+            return Err(Malformed::Ambiguous);
+        }
+        found = Some((value.as_ref(), source));
+    }
+    let Some((raw, source)) = found else {
+        return Ok(None);
+    };
+    let value = clean_value(raw)?;
+    let credential = match source {
+        Source::Authorization => parse_authorization(value, prefixes)?,
+        Source::XApiKey => parse_api_key(value, prefixes)?,
+    };
+    Ok(Some((credential, source)))
+}
+
+/// Checks size, encoding and characters; returns the value without the
+/// surrounding whitespace.
+fn clean_value(raw: &[u8]) -> Result<&str, Malformed> {
+    let value = std::str::from_utf8(raw).map_err(|_| Malformed::NotUtf8)?;
+    let value = value.trim_matches(|c| c == ' ' || c == '\t');
+    if value.is_empty() {
+        return Err(Malformed::Empty);
+    }
+    if value.len() > MAX_VALUE_LEN {
+        return Err(Malformed::TooLong);
+    }
+    if value.contains(',') {
+        return Err(Malformed::Ambiguous);
+    }
+    if !value
+        .bytes()
+        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
+    {
+        return Err(Malformed::BadCharacter);
+    }
+    Ok(value)
+}
+
+fn parse_authorization<'a>(
+    value: &'a str,
+    prefixes: &Prefixes,
+) -> Result<Credential<'a>, Malformed> {
+    let (scheme, rest) = value
+        .split_once([' ', '\t'])
+        .ok_or(Malformed::UnknownScheme)?;
+    let token = rest.trim_start_matches([' ', '\t']);
+    if token.is_empty() {
+        return Err(Malformed::Empty);
+    }
+    if token.contains([' ', '\t']) {
+        return Err(Malformed::BadCharacter);
+    }
+    if scheme.eq_ignore_ascii_case("bearer") {
+        if let Some(credential) = parse_prefixed(token, prefixes)? {
+            return Ok(credential);
+        }
+        if is_compact_jws(token) {
+            return Ok(Credential::Jwt(token));
+        }
+        Err(Malformed::UnrecognisedToken)
+    } else if scheme.eq_ignore_ascii_case("userkey") {
+        parse_api_key(token, prefixes)
+    } else {
+        Err(Malformed::UnknownScheme)
+    }
+}
+
+/// A key presented as a plain value (`x-api-key`, `UserKey`).
+fn parse_api_key<'a>(key: &'a str, prefixes: &Prefixes) -> Result<Credential<'a>, Malformed> {
+    if key.contains([' ', '\t']) {
+        return Err(Malformed::BadCharacter);
+    }
+    Ok(
+        parse_prefixed(key, prefixes)?.unwrap_or(Credential::ApiKey {
+            key,
+            prefix_account: None,
+        }),
+    )
+}
+
+/// Recognises publishable and secret-prefixed keys; `None` for anything else.
+fn parse_prefixed<'a>(
+    key: &'a str,
+    prefixes: &Prefixes,
+) -> Result<Option<Credential<'a>>, Malformed> {
+    if prefixes.public.iter().any(|p| key.starts_with(p.as_str())) {
+        return Ok(Some(Credential::Publishable));
+    }
+    let Some(rest) = prefixes
+        .secret
+        .iter()
+        .find_map(|p| key.strip_prefix(p.as_str()))
+    else {
+        return Ok(None);
+    };
+    // The secret has no `_`, so the account is everything before the last one.
+    let (account, secret) = rest.rsplit_once('_').ok_or(Malformed::KeyShape)?;
+    if secret.is_empty() {
+        return Err(Malformed::KeyShape);
+    }
+    Ok(Some(Credential::ApiKey {
+        key,
+        prefix_account: Some(account),
+    }))
+}
+
+fn is_compact_jws(token: &str) -> bool {
+    let mut parts = token.split('.');
+    let (Some(header), Some(payload), Some(signature), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    let base64url = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    !header.is_empty()
+        && !payload.is_empty()
+        && base64url(header)
+        && base64url(payload)
+        && base64url(signature)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn prefixes() -> Prefixes {
+        Prefixes {
+            secret: vec!["sk_live_".into(), "sk_test_".into()],
+            public: vec!["pk_live_".into(), "pk_test_".into()],
+        }
+    }
+
+    fn parse(headers: &[(&str, &[u8])]) -> Result<Option<Credential<'static>>, Malformed> {
+        // Leak the inputs so results can outlive the borrowed header slice in tests.
+        let owned: &'static [(String, Vec<u8>)] = Box::leak(
+            headers
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect::<Vec<_>>()
+                .into_boxed_slice(),
+        );
+        extract(owned, &prefixes()).map(|c| c.map(|(c, _)| c))
+    }
+
+    fn one(name: &str, value: &str) -> Result<Option<Credential<'static>>, Malformed> {
+        parse(&[(name, value.as_bytes())])
+    }
+
+    fn key(
+        key: &'static str,
+        account: Option<&'static str>,
+    ) -> Result<Option<Credential<'static>>, Malformed> {
+        Ok(Some(Credential::ApiKey {
+            key,
+            prefix_account: account,
+        }))
+    }
+
+    #[test]
+    fn no_credential_headers_means_none() {
+        assert_eq!(parse(&[("host", b"x"), ("cookie", b"a=b")]), Ok(None));
+    }
+
+    #[test]
+    fn bearer_secret_key_splits_account_at_last_underscore() {
+        assert_eq!(
+            one("authorization", "Bearer sk_live_acme_s3cr3t"),
+            key("sk_live_acme_s3cr3t", Some("acme"))
+        );
+        assert_eq!(
+            one("Authorization", "bearer sk_test_big_co_x1"),
+            key("sk_test_big_co_x1", Some("big_co"))
+        );
+        assert_eq!(
+            one("authorization", "Bearer sk_live__x"),
+            key("sk_live__x", Some(""))
+        );
+        assert_eq!(
+            one("authorization", "Bearer sk_live_acme"),
+            Err(Malformed::KeyShape)
+        );
+        assert_eq!(
+            one("authorization", "Bearer sk_live_acme_"),
+            Err(Malformed::KeyShape)
+        );
+    }
+
+    #[test]
+    fn userkey_and_x_api_key_accept_opaque_and_prefixed_keys() {
+        assert_eq!(
+            one("authorization", "UserKey opaque-123"),
+            key("opaque-123", None)
+        );
+        assert_eq!(
+            one("authorization", "USERKEY sk_live_acme_s"),
+            key("sk_live_acme_s", Some("acme"))
+        );
+        assert_eq!(one("x-api-key", "  opaque-123\t"), key("opaque-123", None));
+        assert_eq!(
+            one("X-Api-Key", "sk_live_acme_s"),
+            key("sk_live_acme_s", Some("acme"))
+        );
+    }
+
+    #[test]
+    fn publishable_keys_are_recognised_everywhere() {
+        for (name, value) in [
+            ("authorization", "Bearer pk_live_acme_x"),
+            ("authorization", "UserKey pk_test_acme_x"),
+            ("x-api-key", "pk_live_anything"),
+        ] {
+            assert_eq!(
+                one(name, value),
+                Ok(Some(Credential::Publishable)),
+                "{name}: {value}"
+            );
+        }
+    }
+
+    #[test]
+    fn jwt_shapes() {
+        assert_eq!(
+            one("authorization", "Bearer aGk.eyJ9.c2ln"),
+            Ok(Some(Credential::Jwt("aGk.eyJ9.c2ln")))
+        );
+        assert_eq!(
+            one("authorization", "Bearer aGk.eyJ9."),
+            Ok(Some(Credential::Jwt("aGk.eyJ9.")))
+        );
+        for bad in [
+            "Bearer aGk.eyJ9",
+            "Bearer a.b.c.d",
+            "Bearer .b.c",
+            "Bearer a+b.c.d",
+            "Bearer opaque",
+        ] {
+            assert_eq!(
+                one("authorization", bad),
+                Err(Malformed::UnrecognisedToken),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn more_than_one_credential_is_ambiguous() {
+        let cases: [&[(&str, &[u8])]; 4] = [
+            &[
+                ("authorization", b"Bearer sk_live_a_b"),
+                ("x-api-key", b"k"),
+            ],
+            &[("x-api-key", b"k1"), ("x-api-key", b"k2")],
+            &[
+                ("authorization", b"UserKey k"),
+                ("Authorization", b"UserKey k"),
+            ],
+            &[("x-api-key", b"k1, k2")],
+        ];
+        for headers in cases {
+            assert_eq!(parse(headers), Err(Malformed::Ambiguous), "{headers:?}");
+        }
+        // Even when one of them is empty or broken: no fallback.
+        assert_eq!(
+            parse(&[("x-api-key", b""), ("authorization", b"UserKey k")]),
+            Err(Malformed::Ambiguous)
+        );
+    }
+
+    #[test]
+    fn unusual_values_are_malformed() {
+        assert_eq!(one("x-api-key", "   "), Err(Malformed::Empty));
+        assert_eq!(
+            one("authorization", "Bearer"),
+            Err(Malformed::UnknownScheme)
+        );
+        assert_eq!(
+            one("authorization", "Bearer   "),
+            Err(Malformed::UnknownScheme)
+        );
+        assert_eq!(
+            one("authorization", "Basic dXNlcjpwdw=="),
+            Err(Malformed::UnknownScheme)
+        );
+        assert_eq!(
+            one("authorization", "Bearer a b"),
+            Err(Malformed::BadCharacter)
+        );
+        assert_eq!(one("x-api-key", "a b"), Err(Malformed::BadCharacter));
+        assert_eq!(one("x-api-key", "a\u{7f}b"), Err(Malformed::BadCharacter));
+        assert_eq!(one("x-api-key", "a\u{1}b"), Err(Malformed::BadCharacter));
+        assert_eq!(one("x-api-key", "clé"), Err(Malformed::BadCharacter));
+        assert_eq!(
+            parse(&[("x-api-key", b"\xff\xfe")]),
+            Err(Malformed::NotUtf8)
+        );
+        assert_eq!(
+            one("x-api-key", &"k".repeat(MAX_VALUE_LEN + 1)),
+            Err(Malformed::TooLong)
+        );
+        let longest: &'static str = "k".repeat(MAX_VALUE_LEN).leak();
+        assert_eq!(one("x-api-key", longest), key(longest, None));
+    }
+}

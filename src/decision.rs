@@ -1,0 +1,422 @@
+//! The request decision: the contract's decision table as one pure function.
+
+use crate::api_key::ApiKey;
+use crate::config::Policy;
+use crate::credential::{self, Credential, Malformed};
+use crate::denial::{Code, Denial};
+use crate::route::{self, Auth, CredentialKind, Route};
+
+/// What the decision reads of a request.
+pub struct Request<'a, N, V> {
+    pub method: &'a str,
+    /// `:path` as received; query and fragment are ignored.
+    pub path: &'a str,
+    /// Every request header, repeated names included.
+    pub headers: &'a [(N, V)],
+}
+
+/// The authenticated caller, as upstream will see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity<'p> {
+    pub org: &'p str,
+    pub account: &'p str,
+    /// The key id, or the JWT `sub`.
+    pub subject: &'p str,
+    /// Space-joined.
+    pub scopes: &'p str,
+    pub method: CredentialKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict<'p> {
+    /// Forward; `None` is an anonymous caller (public or optional route).
+    Allow(Option<Identity<'p>>),
+    Deny(Denial),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision<'p> {
+    /// Index of the matched route; `None` is the default route.
+    pub route: Option<usize>,
+    pub verdict: Verdict<'p>,
+    /// The key id once a key is known, for logs (never the key).
+    pub key_id: Option<&'p str>,
+    /// Why the credential was malformed, for logs.
+    pub malformed: Option<Malformed>,
+}
+
+impl<'p> Decision<'p> {
+    fn new(route: Option<usize>, verdict: Verdict<'p>) -> Self {
+        Self {
+            route,
+            verdict,
+            key_id: None,
+            malformed: None,
+        }
+    }
+}
+
+/// Decides a request. `now_s` is the current Unix time in seconds.
+pub fn decide<'p, N, V>(policy: &'p Policy, request: &Request<'_, N, V>, now_s: u64) -> Decision<'p>
+where
+    N: AsRef<str>,
+    V: AsRef<[u8]>,
+{
+    let (route_index, route) = route::find(&policy.routes, request.path, request.method);
+    if route.auth == Auth::None {
+        return Decision::new(route_index, Verdict::Allow(None));
+    }
+    let deny = |denial: Denial| Decision::new(route_index, Verdict::Deny(denial));
+    let credential = match credential::extract(request.headers, &policy.prefixes) {
+        Err(why) => {
+            return Decision {
+                malformed: Some(why),
+                ..deny(Code::MalformedCredentials.into())
+            };
+        }
+        Ok(None) if route.auth == Auth::Optional => {
+            return Decision::new(route_index, Verdict::Allow(None));
+        }
+        Ok(None) => return deny(Code::MissingAuthentication.into()),
+        Ok(Some((credential, _))) => credential,
+    };
+    match credential {
+        Credential::ApiKey {
+            key,
+            prefix_account,
+        } => {
+            let (key_id, verdict) = match check_api_key(policy, key, prefix_account, now_s) {
+                Ok(key) => (
+                    Some(key.id.as_str()),
+                    authorize(policy, route, identity_of(key)),
+                ),
+                Err((key, denial)) => (key.map(|k| k.id.as_str()), Verdict::Deny(denial)),
+            };
+            Decision {
+                key_id,
+                ..Decision::new(route_index, verdict)
+            }
+        }
+        Credential::Publishable => deny(Denial::with_message(
+            Code::InvalidApiKey,
+            "Publishable keys identify an account; they cannot authenticate a request.",
+        )),
+        // Verification of JWTs arrives with the JWT issue; until then no
+        // token is ever accepted.
+        Credential::Jwt(_) => deny(Code::InvalidToken.into()),
+    }
+}
+
+type KeyResult<'p> = Result<&'p ApiKey, (Option<&'p ApiKey>, Denial)>;
+
+/// Decision-table rows 3 and 5–7 for an API key.
+fn check_api_key<'p>(
+    policy: &'p Policy,
+    key: &str,
+    prefix_account: Option<&str>,
+    now_s: u64,
+) -> KeyResult<'p> {
+    if prefix_account.is_some_and(|account| !policy.accounts.is_valid(account)) {
+        return Err((None, Code::InvalidAccount.into()));
+    }
+    let Some(api_keys) = &policy.api_keys else {
+        return Err((None, Code::InvalidApiKey.into()));
+    };
+    let hash = api_keys.hasher.hash(key);
+    let found = api_keys.inline.find(&hash);
+    let Some(found) = found.filter(|k| prefix_account.is_none_or(|account| account == k.account))
+    else {
+        return Err((None, Code::InvalidApiKey.into()));
+    };
+    if found.expires_at.is_some_and(|at| now_s >= at) {
+        return Err((Some(found), Code::ExpiredApiKey.into()));
+    }
+    if api_keys.inline.is_revoked(&found.id) {
+        return Err((Some(found), Code::RevokedApiKey.into()));
+    }
+    Ok(found)
+}
+
+fn identity_of(key: &ApiKey) -> Identity<'_> {
+    Identity {
+        org: &key.org,
+        account: &key.account,
+        subject: &key.id,
+        scopes: &key.scopes_header,
+        method: CredentialKind::ApiKey,
+    }
+}
+
+/// Decision-table rows 12–14: what a verified caller may do on this route.
+fn authorize<'p>(policy: &Policy, route: &Route, identity: Identity<'p>) -> Verdict<'p> {
+    if !route.allow_reserved && policy.accounts.is_reserved(identity.account) {
+        return Verdict::Deny(Code::AccountForbidden.into());
+    }
+    if !route.allows(identity.method) {
+        return Verdict::Deny(Code::CredentialNotAllowed.into());
+    }
+    let has = |scope: &String| identity.scopes.split(' ').any(|s| s == scope);
+    if !route.scopes.iter().all(has) {
+        return Verdict::Deny(Code::InsufficientScope.into());
+    }
+    Verdict::Allow(Some(identity))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api_key::KeyHasher;
+    use crate::config::{parse, Environment};
+
+    struct Pepper;
+    impl Environment for Pepper {
+        fn var(&self, _: &str) -> Option<String> {
+            Some("pepper".into())
+        }
+    }
+
+    const NOW: u64 = 1_800_000_000;
+
+    fn hash(key: &str) -> String {
+        KeyHasher::new(b"pepper").unwrap().hash(key).to_hex()
+    }
+
+    fn policy() -> Policy {
+        let json = format!(
+            r#"{{
+              "api_keys": {{
+                "keys": [
+                  {{"id":"k_acme","hash":"{}","org":"org_1","account":"acme","scopes":["agents:read"]}},
+                  {{"id":"k_opaque","hash":"{}","org":"org_1","account":"acme"}},
+                  {{"id":"k_old","hash":"{}","org":"org_1","account":"acme","expires_at":"2020-01-01T00:00:00Z"}},
+                  {{"id":"k_gone","hash":"{}","org":"org_1","account":"acme"}},
+                  {{"id":"k_admin","hash":"{}","org":"org_0","account":"kataven-admin","scopes":["admin"]}}
+                ],
+                "revoked": ["k_gone"]
+              }},
+              "routes": [
+                {{"prefix":"/public","auth":"none"}},
+                {{"prefix":"/maybe","auth":"optional"}},
+                {{"prefix":"/jwt-only","credentials":["jwt"]}},
+                {{"prefix":"/agents","scopes":["agents:read"]}},
+                {{"prefix":"/admin","allow_reserved":true,"scopes":["admin"]}}
+              ]
+            }}"#,
+            hash("sk_live_acme_good"),
+            hash("opaque-key"),
+            hash("sk_live_acme_old"),
+            hash("sk_live_acme_gone"),
+            hash("sk_live_kataven-admin_root")
+        );
+        parse(json.as_bytes(), &Pepper).unwrap()
+    }
+
+    fn run<'p>(policy: &'p Policy, path: &str, headers: &[(&str, &str)]) -> Decision<'p> {
+        let headers: Vec<(String, Vec<u8>)> = headers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
+            .collect();
+        decide(
+            policy,
+            &Request {
+                method: "GET",
+                path,
+                headers: &headers,
+            },
+            NOW,
+        )
+    }
+
+    fn code(policy: &Policy, path: &str, headers: &[(&str, &str)]) -> Option<&'static str> {
+        match run(policy, path, headers).verdict {
+            Verdict::Deny(d) => Some(d.code.as_str()),
+            Verdict::Allow(_) => None,
+        }
+    }
+
+    fn bearer(key: &str) -> String {
+        format!("Bearer {key}")
+    }
+
+    #[test]
+    fn a_good_key_yields_its_identity() {
+        let p = policy();
+        for headers in [
+            vec![("authorization", bearer("sk_live_acme_good"))],
+            vec![("x-api-key", "sk_live_acme_good".to_owned())],
+            vec![("authorization", "UserKey sk_live_acme_good".to_owned())],
+        ] {
+            let headers: Vec<(&str, &str)> =
+                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let decision = run(&p, "/v1/anything", &headers);
+            assert_eq!(decision.key_id, Some("k_acme"));
+            assert_eq!(
+                decision.verdict,
+                Verdict::Allow(Some(Identity {
+                    org: "org_1",
+                    account: "acme",
+                    subject: "k_acme",
+                    scopes: "agents:read",
+                    method: CredentialKind::ApiKey
+                }))
+            );
+        }
+        assert!(matches!(
+            run(&p, "/x", &[("x-api-key", "opaque-key")]).verdict,
+            Verdict::Allow(Some(_))
+        ));
+    }
+
+    #[test]
+    fn decision_table_rows_for_api_keys() {
+        let p = policy();
+        let b = bearer;
+        assert_eq!(
+            code(&p, "/x", &[("x-api-key", "a"), ("x-api-key", "b")]),
+            Some("malformed_credentials")
+        );
+        assert_eq!(
+            code(&p, "/x", &[("authorization", "Basic Zm9vOmJhcg==")]),
+            Some("malformed_credentials")
+        );
+        assert_eq!(code(&p, "/x", &[]), Some("missing_authentication"));
+        assert_eq!(
+            code(&p, "/x", &[("authorization", &b("sk_live_ACME_good"))]),
+            Some("invalid_account")
+        );
+        assert_eq!(
+            code(&p, "/x", &[("authorization", &b("sk_live_acme_wrong"))]),
+            Some("invalid_api_key")
+        );
+        // The right secret under another account's prefix is not that key.
+        assert_eq!(
+            code(&p, "/x", &[("authorization", "UserKey sk_live_other_good")]),
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            code(&p, "/x", &[("authorization", &b("sk_live_acme_old"))]),
+            Some("expired_api_key")
+        );
+        assert_eq!(
+            code(&p, "/x", &[("authorization", &b("sk_live_acme_gone"))]),
+            Some("revoked_api_key")
+        );
+        assert_eq!(
+            code(&p, "/x", &[("authorization", &b("pk_live_acme_x"))]),
+            Some("invalid_api_key")
+        );
+        assert_eq!(
+            code(
+                &p,
+                "/x",
+                &[("authorization", &b("sk_live_kataven-admin_root"))]
+            ),
+            Some("account_forbidden")
+        );
+        assert_eq!(
+            code(
+                &p,
+                "/jwt-only",
+                &[("authorization", &b("sk_live_acme_good"))]
+            ),
+            Some("credential_not_allowed")
+        );
+        assert_eq!(
+            code(&p, "/agents", &[("x-api-key", "opaque-key")]),
+            Some("insufficient_scope")
+        );
+        assert_eq!(
+            code(&p, "/agents", &[("x-api-key", "sk_live_acme_good")]),
+            None
+        );
+        assert_eq!(
+            code(
+                &p,
+                "/admin",
+                &[("authorization", &b("sk_live_kataven-admin_root"))]
+            ),
+            None
+        );
+        assert_eq!(
+            code(&p, "/admin", &[("authorization", &b("sk_live_acme_good"))]),
+            Some("insufficient_scope")
+        );
+        assert_eq!(
+            code(&p, "/x", &[("authorization", "Bearer aGk.eyJ9.c2ln")]),
+            Some("invalid_token")
+        );
+    }
+
+    #[test]
+    fn earlier_rows_win() {
+        let p = policy();
+        // Ambiguity is refused even when one of the credentials is good.
+        assert_eq!(
+            code(
+                &p,
+                "/x",
+                &[
+                    ("authorization", "Bearer sk_live_acme_good"),
+                    ("x-api-key", "opaque-key")
+                ]
+            ),
+            Some("malformed_credentials")
+        );
+        // An unknown key on a JWT-only route is an invalid key, not a disallowed kind.
+        assert_eq!(
+            code(&p, "/jwt-only", &[("x-api-key", "nope")]),
+            Some("invalid_api_key")
+        );
+        // An expired key that is also revoked is reported expired (row 6 before 7).
+        let d = run(&p, "/x", &[("authorization", "Bearer sk_live_acme_old")]);
+        assert_eq!(d.key_id, Some("k_old"));
+    }
+
+    #[test]
+    fn public_and_optional_routes() {
+        let p = policy();
+        assert_eq!(
+            run(&p, "/public/x", &[("x-api-key", "a"), ("x-api-key", "b")]).verdict,
+            Verdict::Allow(None)
+        );
+        assert_eq!(run(&p, "/maybe", &[]).verdict, Verdict::Allow(None));
+        assert!(matches!(
+            run(&p, "/maybe", &[("x-api-key", "opaque-key")]).verdict,
+            Verdict::Allow(Some(_))
+        ));
+        assert_eq!(
+            code(&p, "/maybe", &[("x-api-key", "bad")]),
+            Some("invalid_api_key")
+        );
+        // A public prefix cannot be stretched into a protected path.
+        assert_eq!(
+            code(&p, "/public/../agents", &[]),
+            Some("missing_authentication")
+        );
+        assert_eq!(code(&p, "/publicity", &[]), Some("missing_authentication"));
+    }
+
+    #[test]
+    fn expiry_is_exact_to_the_second() {
+        let p = policy();
+        let headers = [(
+            "authorization".to_owned(),
+            b"Bearer sk_live_acme_old".to_vec(),
+        )];
+        let at = |now| {
+            decide(
+                &p,
+                &Request {
+                    method: "GET",
+                    path: "/",
+                    headers: &headers,
+                },
+                now,
+            )
+            .verdict
+        };
+        let expiry = crate::api_key::parse_timestamp("2020-01-01T00:00:00Z").unwrap();
+        assert!(matches!(at(expiry - 1), Verdict::Allow(_)));
+        assert!(matches!(at(expiry), Verdict::Deny(d) if d.code == Code::ExpiredApiKey));
+    }
+}

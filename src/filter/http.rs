@@ -1,0 +1,111 @@
+//! Per-request filter: reads the request headers, decides, applies the action.
+
+use super::metrics::Metrics;
+use crate::action::{act, Action as Apply};
+use crate::config::{Mode, Policy};
+use crate::decision::{decide, Decision, Request, Verdict};
+use crate::denial::{Code, Denial, Reply};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+pub struct HttpFilter {
+    context_id: u32,
+    policy: Option<Rc<Policy>>,
+    metrics: Option<Rc<Metrics>>,
+}
+
+impl HttpFilter {
+    pub fn new(context_id: u32, policy: Option<Rc<Policy>>, metrics: Option<Rc<Metrics>>) -> Self {
+        Self {
+            context_id,
+            policy,
+            metrics,
+        }
+    }
+
+    fn send(&self, reply: &Reply) -> Action {
+        let headers: Vec<(&str, &str)> = reply
+            .headers
+            .iter()
+            .map(|(n, v)| (*n, v.as_str()))
+            .collect();
+        self.send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
+        Action::Pause
+    }
+
+    fn record(&self, policy: &Policy, decision: &Decision<'_>) {
+        let Some(metrics) = &self.metrics else { return };
+        let Verdict::Deny(denial) = &decision.verdict else {
+            metrics.allowed();
+            return;
+        };
+        let shadow = policy.mode == Mode::Shadow;
+        if shadow {
+            metrics.shadow_denied(denial.code);
+        } else {
+            metrics.denied(denial.code);
+        }
+        log::info!(
+            "edge-auth: {} {} ctx={} route={} key={} reason={}",
+            if shadow { "shadow-deny" } else { "deny" },
+            denial.code.as_str(),
+            self.context_id,
+            decision
+                .route
+                .map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
+            decision.key_id.unwrap_or("-"),
+            decision
+                .malformed
+                .map_or_else(|| "-".to_owned(), |m| m.to_string()),
+        );
+    }
+}
+
+impl Context for HttpFilter {}
+
+impl HttpContext for HttpFilter {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let Some(policy) = self.policy.clone() else {
+            // No policy means configuration failed: fail closed.
+            return self.send(&Denial::from(Code::AuthUnavailable).reply());
+        };
+        // Byte getters: the string ones panic on non-UTF-8 values.
+        let headers = self.get_http_request_headers_bytes();
+        let pseudo = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n == name)
+                .and_then(|(_, v)| std::str::from_utf8(v).ok())
+                .unwrap_or_default()
+        };
+        let now_s = self
+            .get_current_time()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let request = Request {
+            method: pseudo(":method"),
+            path: pseudo(":path"),
+            headers: &headers,
+        };
+        let decision = decide(&policy, &request, now_s);
+        self.record(&policy, &decision);
+
+        for name in policy.identity_headers.owned() {
+            self.set_http_request_header(name, None);
+        }
+        match act(&policy, &decision) {
+            Apply::Forward { set, remove } => {
+                for name in remove {
+                    self.set_http_request_header(name, None);
+                }
+                for (name, value) in &set {
+                    self.set_http_request_header(name, Some(value));
+                }
+                Action::Continue
+            }
+            Apply::Reply(reply) => self.send(&reply),
+        }
+    }
+}

@@ -1,0 +1,232 @@
+//! RFC 7517 JWK Sets, checked for weak or unusable key material.
+
+use super::Algorithm;
+use crate::config::{ConfigError, JwkSetDoc};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use std::collections::HashSet;
+
+/// Shortest accepted HMAC secret (RFC 7518 §3.2: at least the hash size).
+const MIN_OCT_BYTES: usize = 32;
+const MIN_RSA_BITS: usize = 2048;
+/// Largest accepted RSA modulus; bigger keys only cost verification time.
+const MAX_RSA_BITS: usize = 8192;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyMaterial {
+    Oct(Vec<u8>),
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    },
+    /// P-256 affine coordinates.
+    Ec {
+        x: Vec<u8>,
+        y: Vec<u8>,
+    },
+}
+
+impl KeyMaterial {
+    /// The one algorithm this key may verify: the key decides, never the token.
+    pub fn algorithm(&self) -> Algorithm {
+        match self {
+            KeyMaterial::Oct(_) => Algorithm::Hs256,
+            KeyMaterial::Rsa { .. } => Algorithm::Rs256,
+            KeyMaterial::Ec { .. } => Algorithm::Es256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Jwk {
+    pub kid: Option<String>,
+    pub material: KeyMaterial,
+}
+
+/// Validates a JWK Set; `path` names it in errors (e.g. `jwt.providers[0].jwks`).
+pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError> {
+    let mut kids = HashSet::new();
+    let mut keys = Vec::with_capacity(set.keys.len());
+    for (i, doc) in set.keys.iter().enumerate() {
+        let at = |field: &str| format!("{path}.keys[{i}].{field}");
+        let decode = |field: &str, value: &Option<String>| -> Result<Vec<u8>, ConfigError> {
+            let text = value
+                .as_deref()
+                .ok_or_else(|| ConfigError::new(at(field), "missing"))?;
+            URL_SAFE_NO_PAD
+                .decode(text)
+                .map_err(|_| ConfigError::new(at(field), "expected unpadded base64url"))
+        };
+        let material = match doc.kty.as_str() {
+            "oct" => {
+                let k = decode("k", &doc.k)?;
+                if k.len() < MIN_OCT_BYTES {
+                    return Err(ConfigError::new(
+                        at("k"),
+                        format!("oct keys need at least {MIN_OCT_BYTES} bytes"),
+                    ));
+                }
+                KeyMaterial::Oct(k)
+            }
+            "RSA" => {
+                let n = decode("n", &doc.n)?;
+                let e = decode("e", &doc.e)?;
+                let bits = significant_bits(&n);
+                if !(MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+                    return Err(ConfigError::new(
+                        at("n"),
+                        format!("RSA keys need {MIN_RSA_BITS} to {MAX_RSA_BITS} bits, this one has {bits}"),
+                    ));
+                }
+                if significant_bits(&e) < 2 || e.len() > 8 {
+                    return Err(ConfigError::new(at("e"), "unusable RSA exponent"));
+                }
+                KeyMaterial::Rsa { n, e }
+            }
+            "EC" => {
+                if doc.crv.as_deref() != Some("P-256") {
+                    return Err(ConfigError::new(at("crv"), "only P-256 is supported"));
+                }
+                let x = decode("x", &doc.x)?;
+                let y = decode("y", &doc.y)?;
+                if x.len() != 32 || y.len() != 32 {
+                    return Err(ConfigError::new(
+                        at("x"),
+                        "P-256 coordinates are 32 bytes each",
+                    ));
+                }
+                KeyMaterial::Ec { x, y }
+            }
+            other => {
+                return Err(ConfigError::new(
+                    at("kty"),
+                    format!("unsupported key type '{other}'"),
+                ))
+            }
+        };
+        if let Some(alg) = &doc.alg {
+            if Algorithm::parse(alg) != Some(material.algorithm()) {
+                return Err(ConfigError::new(
+                    at("alg"),
+                    format!(
+                        "'{alg}' does not fit a {} key (expected {})",
+                        doc.kty,
+                        material.algorithm()
+                    ),
+                ));
+            }
+        }
+        if doc.use_.as_deref().is_some_and(|u| u != "sig") {
+            return Err(ConfigError::new(
+                at("use"),
+                "only signature keys (\"sig\") can verify tokens",
+            ));
+        }
+        if let Some(kid) = &doc.kid {
+            if !kids.insert(kid.clone()) {
+                return Err(ConfigError::new(
+                    at("kid"),
+                    format!("duplicate kid '{kid}'"),
+                ));
+            }
+        }
+        keys.push(Jwk {
+            kid: doc.kid.clone(),
+            material,
+        });
+    }
+    Ok(keys)
+}
+
+fn significant_bits(bytes: &[u8]) -> usize {
+    match bytes.iter().position(|&b| b != 0) {
+        None => 0,
+        Some(first) => {
+            let lead = bytes.get(first).copied().unwrap_or(0);
+            (bytes.len() - first - 1) * 8 + (8 - lead.leading_zeros() as usize)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn b64(bytes: &[u8]) -> String {
+        URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn compile(json: String) -> Result<Vec<Jwk>, String> {
+        let set: JwkSetDoc = serde_json::from_str(&json).unwrap();
+        compile_jwks(&set, "jwks").map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn accepts_strong_keys_of_each_type() {
+        let mut n = vec![0xc5u8; 256];
+        n[0] = 0x80;
+        let keys = compile(format!(
+            r#"{{"keys":[
+              {{"kty":"oct","kid":"h","alg":"HS256","k":"{}"}},
+              {{"kty":"RSA","kid":"r","n":"{}","e":"AQAB","use":"sig"}},
+              {{"kty":"EC","kid":"e","crv":"P-256","x":"{}","y":"{}","extra":1}}]}}"#,
+            b64(&[7; 32]),
+            b64(&n),
+            b64(&[1; 32]),
+            b64(&[2; 32])
+        ))
+        .unwrap();
+        let algs: Vec<_> = keys.iter().map(|k| k.material.algorithm()).collect();
+        assert_eq!(algs, [Algorithm::Hs256, Algorithm::Rs256, Algorithm::Es256]);
+    }
+
+    #[test]
+    fn refuses_weak_or_inconsistent_keys() {
+        let short = format!(r#"{{"keys":[{{"kty":"oct","k":"{}"}}]}}"#, b64(&[7; 31]));
+        assert_eq!(
+            compile(short).unwrap_err(),
+            "jwks.keys[0].k: oct keys need at least 32 bytes"
+        );
+        let rsa1024 = format!(
+            r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#,
+            b64(&[0xff; 128])
+        );
+        assert_eq!(
+            compile(rsa1024).unwrap_err(),
+            "jwks.keys[0].n: RSA keys need 2048 to 8192 bits, this one has 1024"
+        );
+        let confused = format!(
+            r#"{{"keys":[{{"kty":"oct","alg":"RS256","k":"{}"}}]}}"#,
+            b64(&[7; 32])
+        );
+        assert!(compile(confused)
+            .unwrap_err()
+            .starts_with("jwks.keys[0].alg:"));
+        let p384 = format!(
+            r#"{{"keys":[{{"kty":"EC","crv":"P-384","x":"{0}","y":"{0}"}}]}}"#,
+            b64(&[1; 48])
+        );
+        assert_eq!(
+            compile(p384).unwrap_err(),
+            "jwks.keys[0].crv: only P-256 is supported"
+        );
+        let dup = format!(
+            r#"{{"keys":[{{"kty":"oct","kid":"a","k":"{0}"}},{{"kty":"oct","kid":"a","k":"{0}"}}]}}"#,
+            b64(&[7; 32])
+        );
+        assert_eq!(
+            compile(dup).unwrap_err(),
+            "jwks.keys[1].kid: duplicate kid 'a'"
+        );
+        assert!(compile(r#"{"keys":[{"kty":"none"}]}"#.into())
+            .unwrap_err()
+            .starts_with("jwks.keys[0].kty:"));
+    }
+
+    #[test]
+    fn counts_significant_bits() {
+        assert_eq!(significant_bits(&[0, 0, 1]), 1);
+        assert_eq!(significant_bits(&[0x80, 0]), 16);
+        assert_eq!(significant_bits(&[]), 0);
+    }
+}

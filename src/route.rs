@@ -1,0 +1,191 @@
+//! Route rules, matched in order on the normalised path and the method.
+
+use std::borrow::Cow;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Auth {
+    Required,
+    Optional,
+    /// Never inspect credentials (identity headers are still stripped).
+    None,
+}
+
+/// Credential kinds a route may restrict itself to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    ApiKey,
+    Jwt,
+}
+
+impl CredentialKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::ApiKey => "api_key",
+            CredentialKind::Jwt => "jwt",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [CredentialKind::ApiKey, CredentialKind::Jwt]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathMatch {
+    /// Whole path segments: `/v1/agents` matches `/v1/agents` and
+    /// `/v1/agents/7`, never `/v1/agents-admin`.
+    Prefix(String),
+    Exact(String),
+}
+
+#[derive(Debug)]
+pub struct Route {
+    pub path: PathMatch,
+    /// Upper-case methods; empty means any.
+    pub methods: Vec<String>,
+    pub auth: Auth,
+    /// `None` means any credential kind.
+    pub credentials: Option<Vec<CredentialKind>>,
+    pub scopes: Vec<String>,
+    pub allow_reserved: bool,
+}
+
+/// What applies to a request no route matches.
+pub static DEFAULT_ROUTE: Route = Route {
+    path: PathMatch::Exact(String::new()),
+    methods: Vec::new(),
+    auth: Auth::Required,
+    credentials: None,
+    scopes: Vec::new(),
+    allow_reserved: false,
+};
+
+impl Route {
+    fn matches(&self, path: &str, method: &str) -> bool {
+        let path_ok = match &self.path {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => match path.strip_prefix(p.as_str()) {
+                Some(rest) => rest.is_empty() || p.ends_with('/') || rest.starts_with('/'),
+                None => false,
+            },
+        };
+        path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+    }
+
+    pub fn allows(&self, kind: CredentialKind) -> bool {
+        self.credentials
+            .as_ref()
+            .is_none_or(|kinds| kinds.contains(&kind))
+    }
+}
+
+/// The first route matching the request, as an index, or `None` for the default.
+pub fn find<'r>(routes: &'r [Route], path: &str, method: &str) -> (Option<usize>, &'r Route) {
+    let path = normalise(path);
+    routes
+        .iter()
+        .enumerate()
+        .find(|(_, r)| r.matches(&path, method))
+        .map_or((None, &DEFAULT_ROUTE), |(i, r)| (Some(i), r))
+}
+
+/// The path as upstream will resolve it: query and fragment dropped, repeated
+/// slashes merged, `.` and `..` segments resolved. Envoy normalises paths
+/// too (`normalize_path`, `merge_slashes`); doing it here as well means a
+/// route can never be dodged with `//admin` or `/x/../admin` when an
+/// operator forgets those settings.
+pub fn normalise(path: &str) -> Cow<'_, str> {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let clean = path.starts_with('/')
+        && !path.contains("//")
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..");
+    if clean {
+        return Cow::Borrowed(path);
+    }
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in path.split('/') {
+        match segment {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
+    let mut out = String::with_capacity(path.len() + 1);
+    for segment in &segments {
+        out.push('/');
+        out.push_str(segment);
+    }
+    if trailing || segments.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(path: PathMatch, methods: &[&str]) -> Route {
+        Route {
+            path,
+            methods: methods.iter().map(|m| m.to_string()).collect(),
+            auth: Auth::None,
+            credentials: None,
+            scopes: vec![],
+            allow_reserved: false,
+        }
+    }
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        let r = route(PathMatch::Prefix("/api/accounts".into()), &[]);
+        assert!(r.matches("/api/accounts", "GET"));
+        assert!(r.matches("/api/accounts/7", "GET"));
+        assert!(!r.matches("/api/accounts-internal", "GET"));
+        assert!(!r.matches("/api", "GET"));
+        let slash = route(PathMatch::Prefix("/static/".into()), &[]);
+        assert!(slash.matches("/static/app.js", "GET"));
+        let root = route(PathMatch::Prefix("/".into()), &[]);
+        assert!(root.matches("/anything", "GET"));
+    }
+
+    #[test]
+    fn methods_and_exact_paths() {
+        let r = route(PathMatch::Exact("/health".into()), &["GET", "HEAD"]);
+        assert!(r.matches("/health", "HEAD"));
+        assert!(!r.matches("/health", "POST"));
+        assert!(!r.matches("/health/x", "GET"));
+    }
+
+    #[test]
+    fn first_match_wins_and_default_requires_auth() {
+        let routes = vec![
+            route(PathMatch::Prefix("/a".into()), &["GET"]),
+            route(PathMatch::Prefix("/a".into()), &[]),
+        ];
+        assert_eq!(find(&routes, "/a/x?q=1", "GET").0, Some(0));
+        assert_eq!(find(&routes, "/a/x", "POST").0, Some(1));
+        let (index, default) = find(&routes, "/b", "GET");
+        assert_eq!(index, None);
+        assert_eq!(default.auth, Auth::Required);
+    }
+
+    #[test]
+    fn normalisation_defeats_route_dodging() {
+        assert_eq!(normalise("/v1/agents?x=/admin"), "/v1/agents");
+        assert_eq!(normalise("//v1//admin"), "/v1/admin");
+        assert_eq!(normalise("/public/../v1/admin"), "/v1/admin");
+        assert_eq!(normalise("/v1/./admin/"), "/v1/admin/");
+        assert_eq!(normalise("/.."), "/");
+        assert_eq!(normalise("/a/b/.."), "/a/");
+        assert_eq!(normalise(""), "/");
+        assert!(matches!(normalise("/v1/agents"), Cow::Borrowed(_)));
+    }
+}

@@ -138,26 +138,17 @@ impl KeySet {
             let at = |field: &str| format!("{path}.keys[{i}].{field}");
             let key = compile_record(record, rules, &at)?;
             if !ids.insert(key.id.clone()) {
-                return Err(ConfigError::new(
-                    at("id"),
-                    format!("duplicate key id '{}'", key.id),
-                ));
+                return Err(ConfigError::new(at("id"), format!("duplicate key id '{}'", key.id)));
             }
             if set.find(&key.hash).is_some() {
                 return Err(ConfigError::new(at("hash"), "duplicate hash"));
             }
-            set.by_hash
-                .entry(key.hash.index())
-                .or_default()
-                .push(set.keys.len());
+            set.by_hash.entry(key.hash.index()).or_default().push(set.keys.len());
             set.keys.push(key);
         }
         for (i, id) in revoked.iter().enumerate() {
             if id.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{path}.revoked[{i}]"),
-                    "empty key id",
-                ));
+                return Err(ConfigError::new(format!("{path}.revoked[{i}]"), "empty key id"));
             }
             set.revoked.insert(id.clone());
         }
@@ -191,24 +182,15 @@ fn compile_record(
     at: &dyn Fn(&str) -> String,
 ) -> Result<ApiKey, ConfigError> {
     if record.id.is_empty() || !is_header_safe(&record.id) {
-        return Err(ConfigError::new(
-            at("id"),
-            "must be non-empty visible ASCII",
-        ));
+        return Err(ConfigError::new(at("id"), "must be non-empty visible ASCII"));
     }
-    let hash = KeyHash::from_hex(&record.hash)
-        .ok_or_else(|| ConfigError::new(at("hash"), "expected 64 hex characters"))?;
+    let hash =
+        KeyHash::from_hex(&record.hash).ok_or_else(|| ConfigError::new(at("hash"), "expected 64 hex characters"))?;
     if record.org.is_empty() || !is_header_safe(&record.org) {
-        return Err(ConfigError::new(
-            at("org"),
-            "must be non-empty visible ASCII",
-        ));
+        return Err(ConfigError::new(at("org"), "must be non-empty visible ASCII"));
     }
     if !(rules.account_ok)(&record.account) {
-        return Err(ConfigError::new(
-            at("account"),
-            "does not match account_pattern",
-        ));
+        return Err(ConfigError::new(at("account"), "does not match account_pattern"));
     }
     for (j, scope) in record.scopes.iter().enumerate() {
         if scope.is_empty() || !is_header_safe(scope) || scope.contains(' ') {
@@ -230,10 +212,7 @@ fn compile_record(
     let expires_at = match &record.expires_at {
         None => None,
         Some(text) => Some(parse_timestamp(text).ok_or_else(|| {
-            ConfigError::new(
-                at("expires_at"),
-                "expected an RFC 3339 time like 2027-05-08T00:00:00Z",
-            )
+            ConfigError::new(at("expires_at"), "expected an RFC 3339 time like 2027-05-08T00:00:00Z")
         })?),
     };
     Ok(ApiKey {
@@ -251,9 +230,7 @@ fn compile_record(
 /// RFC 3339 to Unix seconds; times before 1970 are refused.
 pub fn parse_timestamp(text: &str) -> Option<u64> {
     let time = humantime::parse_rfc3339(text).ok()?;
-    time.duration_since(std::time::UNIX_EPOCH)
-        .ok()
-        .map(|d| d.as_secs())
+    time.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
 }
 
 /// Visible ASCII and spaces only: safe to copy into a request header.
@@ -298,10 +275,7 @@ mod tests {
     #[test]
     fn hash_hex_round_trips_and_rejects_bad_text() {
         let hex = KeyHasher::new(b"p").unwrap().hash("k").to_hex();
-        assert_eq!(
-            KeyHash::from_hex(&hex).map(KeyHash::to_hex),
-            Some(hex.clone())
-        );
+        assert_eq!(KeyHash::from_hex(&hex).map(KeyHash::to_hex), Some(hex.clone()));
         assert!(KeyHash::from_hex(&hex.to_uppercase()).is_none());
         assert!(KeyHash::from_hex(&hex[1..]).is_none());
         assert!(KeyHash::from_hex(&format!("{}g", &hex[1..])).is_none());
@@ -310,28 +284,15 @@ mod tests {
     #[test]
     fn finds_keys_by_hash_only() {
         let hasher = KeyHasher::new(b"pepper").unwrap();
-        let set = build(&[
-            record("k1", "sk_live_acme_one", &hasher),
-            record("k2", "two", &hasher),
-        ])
-        .unwrap();
+        let set = build(&[record("k1", "sk_live_acme_one", &hasher), record("k2", "two", &hasher)]).unwrap();
         assert_eq!(
-            set.find(&hasher.hash("sk_live_acme_one"))
-                .map(|k| k.id.as_str()),
+            set.find(&hasher.hash("sk_live_acme_one")).map(|k| k.id.as_str()),
             Some("k1")
         );
-        assert_eq!(
-            set.find(&hasher.hash("two")).map(|k| k.id.as_str()),
-            Some("k2")
-        );
+        assert_eq!(set.find(&hasher.hash("two")).map(|k| k.id.as_str()), Some("k2"));
         assert!(set.find(&hasher.hash("three")).is_none());
-        assert!(set
-            .find(&KeyHasher::new(b"other").unwrap().hash("two"))
-            .is_none());
-        assert_eq!(
-            set.find(&hasher.hash("two")).unwrap().scopes_header,
-            "a:read b:write"
-        );
+        assert!(set.find(&KeyHasher::new(b"other").unwrap().hash("two")).is_none());
+        assert_eq!(set.find(&hasher.hash("two")).unwrap().scopes_header, "a:read b:write");
         assert!(set.is_revoked("gone") && !set.is_revoked("k1"));
     }
 
@@ -340,10 +301,7 @@ mod tests {
         let hasher = KeyHasher::new(b"pepper").unwrap();
         let one = record("k1", "one", &hasher);
         let err = build(&[one.clone(), record("k1", "two", &hasher)]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "api_keys.keys[1].id: duplicate key id 'k1'"
-        );
+        assert_eq!(err.to_string(), "api_keys.keys[1].id: duplicate key id 'k1'");
         let err = build(&[one.clone(), record("k2", "one", &hasher)]).unwrap_err();
         assert_eq!(err.to_string(), "api_keys.keys[1].hash: duplicate hash");
         let mut bad = one.clone();

@@ -121,22 +121,14 @@ fn clean_value(raw: &[u8]) -> Result<&str, Malformed> {
     if value.contains(',') {
         return Err(Malformed::Ambiguous);
     }
-    if !value
-        .bytes()
-        .all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic())
-    {
+    if !value.bytes().all(|b| b == b' ' || b == b'\t' || b.is_ascii_graphic()) {
         return Err(Malformed::BadCharacter);
     }
     Ok(value)
 }
 
-fn parse_authorization<'a>(
-    value: &'a str,
-    prefixes: &Prefixes,
-) -> Result<Credential<'a>, Malformed> {
-    let (scheme, rest) = value
-        .split_once([' ', '\t'])
-        .ok_or(Malformed::UnknownScheme)?;
+fn parse_authorization<'a>(value: &'a str, prefixes: &Prefixes) -> Result<Credential<'a>, Malformed> {
+    let (scheme, rest) = value.split_once([' ', '\t']).ok_or(Malformed::UnknownScheme)?;
     let token = rest.trim_start_matches([' ', '\t']);
     if token.is_empty() {
         return Err(Malformed::Empty);
@@ -164,27 +156,18 @@ fn parse_api_key<'a>(key: &'a str, prefixes: &Prefixes) -> Result<Credential<'a>
     if key.contains([' ', '\t']) {
         return Err(Malformed::BadCharacter);
     }
-    Ok(
-        parse_prefixed(key, prefixes)?.unwrap_or(Credential::ApiKey {
-            key,
-            prefix_account: None,
-        }),
-    )
+    Ok(parse_prefixed(key, prefixes)?.unwrap_or(Credential::ApiKey {
+        key,
+        prefix_account: None,
+    }))
 }
 
 /// Recognises publishable and secret-prefixed keys; `None` for anything else.
-fn parse_prefixed<'a>(
-    key: &'a str,
-    prefixes: &Prefixes,
-) -> Result<Option<Credential<'a>>, Malformed> {
+fn parse_prefixed<'a>(key: &'a str, prefixes: &Prefixes) -> Result<Option<Credential<'a>>, Malformed> {
     if prefixes.public.iter().any(|p| key.starts_with(p.as_str())) {
         return Ok(Some(Credential::Publishable));
     }
-    let Some(rest) = prefixes
-        .secret
-        .iter()
-        .find_map(|p| key.strip_prefix(p.as_str()))
-    else {
+    let Some(rest) = prefixes.secret.iter().find_map(|p| key.strip_prefix(p.as_str())) else {
         return Ok(None);
     };
     // The secret has no `_`, so the account is everything before the last one.
@@ -200,20 +183,12 @@ fn parse_prefixed<'a>(
 
 fn is_compact_jws(token: &str) -> bool {
     let mut parts = token.split('.');
-    let (Some(header), Some(payload), Some(signature), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let (Some(header), Some(payload), Some(signature), None) = (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return false;
     };
-    let base64url = |s: &str| {
-        s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    };
-    !header.is_empty()
-        && !payload.is_empty()
-        && base64url(header)
-        && base64url(payload)
-        && base64url(signature)
+    let base64url = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    !header.is_empty() && !payload.is_empty() && base64url(header) && base64url(payload) && base64url(signature)
 }
 
 #[cfg(test)]
@@ -243,10 +218,7 @@ mod tests {
         parse(&[(name, value.as_bytes())])
     }
 
-    fn key(
-        key: &'static str,
-        account: Option<&'static str>,
-    ) -> Result<Option<Credential<'static>>, Malformed> {
+    fn key(key: &'static str, account: Option<&'static str>) -> Result<Option<Credential<'static>>, Malformed> {
         Ok(Some(Credential::ApiKey {
             key,
             prefix_account: account,
@@ -268,35 +240,20 @@ mod tests {
             one("Authorization", "bearer sk_test_big_co_x1"),
             key("sk_test_big_co_x1", Some("big_co"))
         );
-        assert_eq!(
-            one("authorization", "Bearer sk_live__x"),
-            key("sk_live__x", Some(""))
-        );
-        assert_eq!(
-            one("authorization", "Bearer sk_live_acme"),
-            Err(Malformed::KeyShape)
-        );
-        assert_eq!(
-            one("authorization", "Bearer sk_live_acme_"),
-            Err(Malformed::KeyShape)
-        );
+        assert_eq!(one("authorization", "Bearer sk_live__x"), key("sk_live__x", Some("")));
+        assert_eq!(one("authorization", "Bearer sk_live_acme"), Err(Malformed::KeyShape));
+        assert_eq!(one("authorization", "Bearer sk_live_acme_"), Err(Malformed::KeyShape));
     }
 
     #[test]
     fn userkey_and_x_api_key_accept_opaque_and_prefixed_keys() {
-        assert_eq!(
-            one("authorization", "UserKey opaque-123"),
-            key("opaque-123", None)
-        );
+        assert_eq!(one("authorization", "UserKey opaque-123"), key("opaque-123", None));
         assert_eq!(
             one("authorization", "USERKEY sk_live_acme_s"),
             key("sk_live_acme_s", Some("acme"))
         );
         assert_eq!(one("x-api-key", "  opaque-123\t"), key("opaque-123", None));
-        assert_eq!(
-            one("X-Api-Key", "sk_live_acme_s"),
-            key("sk_live_acme_s", Some("acme"))
-        );
+        assert_eq!(one("X-Api-Key", "sk_live_acme_s"), key("sk_live_acme_s", Some("acme")));
     }
 
     #[test]
@@ -306,11 +263,7 @@ mod tests {
             ("authorization", "UserKey pk_test_acme_x"),
             ("x-api-key", "pk_live_anything"),
         ] {
-            assert_eq!(
-                one(name, value),
-                Ok(Some(Credential::Publishable)),
-                "{name}: {value}"
-            );
+            assert_eq!(one(name, value), Ok(Some(Credential::Publishable)), "{name}: {value}");
         }
     }
 
@@ -331,26 +284,16 @@ mod tests {
             "Bearer a+b.c.d",
             "Bearer opaque",
         ] {
-            assert_eq!(
-                one("authorization", bad),
-                Err(Malformed::UnrecognisedToken),
-                "{bad}"
-            );
+            assert_eq!(one("authorization", bad), Err(Malformed::UnrecognisedToken), "{bad}");
         }
     }
 
     #[test]
     fn more_than_one_credential_is_ambiguous() {
         let cases: [&[(&str, &[u8])]; 4] = [
-            &[
-                ("authorization", b"Bearer sk_live_a_b"),
-                ("x-api-key", b"k"),
-            ],
+            &[("authorization", b"Bearer sk_live_a_b"), ("x-api-key", b"k")],
             &[("x-api-key", b"k1"), ("x-api-key", b"k2")],
-            &[
-                ("authorization", b"UserKey k"),
-                ("Authorization", b"UserKey k"),
-            ],
+            &[("authorization", b"UserKey k"), ("Authorization", b"UserKey k")],
             &[("x-api-key", b"k1, k2")],
         ];
         for headers in cases {
@@ -366,30 +309,18 @@ mod tests {
     #[test]
     fn unusual_values_are_malformed() {
         assert_eq!(one("x-api-key", "   "), Err(Malformed::Empty));
-        assert_eq!(
-            one("authorization", "Bearer"),
-            Err(Malformed::UnknownScheme)
-        );
-        assert_eq!(
-            one("authorization", "Bearer   "),
-            Err(Malformed::UnknownScheme)
-        );
+        assert_eq!(one("authorization", "Bearer"), Err(Malformed::UnknownScheme));
+        assert_eq!(one("authorization", "Bearer   "), Err(Malformed::UnknownScheme));
         assert_eq!(
             one("authorization", "Basic dXNlcjpwdw=="),
             Err(Malformed::UnknownScheme)
         );
-        assert_eq!(
-            one("authorization", "Bearer a b"),
-            Err(Malformed::BadCharacter)
-        );
+        assert_eq!(one("authorization", "Bearer a b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "a b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "a\u{7f}b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "a\u{1}b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "clé"), Err(Malformed::BadCharacter));
-        assert_eq!(
-            parse(&[("x-api-key", b"\xff\xfe")]),
-            Err(Malformed::NotUtf8)
-        );
+        assert_eq!(parse(&[("x-api-key", b"\xff\xfe")]), Err(Malformed::NotUtf8));
         assert_eq!(
             one("x-api-key", &"k".repeat(MAX_VALUE_LEN + 1)),
             Err(Malformed::TooLong)

@@ -81,15 +81,9 @@ where
         Ok(Some((credential, _))) => credential,
     };
     match credential {
-        Credential::ApiKey {
-            key,
-            prefix_account,
-        } => {
+        Credential::ApiKey { key, prefix_account } => {
             let (key_id, verdict) = match check_api_key(policy, key, prefix_account, now_s) {
-                Ok(key) => (
-                    Some(key.id.as_str()),
-                    authorize(policy, route, identity_of(key)),
-                ),
+                Ok(key) => (Some(key.id.as_str()), authorize(policy, route, identity_of(key))),
                 Err((key, denial)) => (key.map(|k| k.id.as_str()), Verdict::Deny(denial)),
             };
             Decision {
@@ -110,12 +104,7 @@ where
 type KeyResult<'p> = Result<&'p ApiKey, (Option<&'p ApiKey>, Denial)>;
 
 /// Decision-table rows 3 and 5–7 for an API key.
-fn check_api_key<'p>(
-    policy: &'p Policy,
-    key: &str,
-    prefix_account: Option<&str>,
-    now_s: u64,
-) -> KeyResult<'p> {
+fn check_api_key<'p>(policy: &'p Policy, key: &str, prefix_account: Option<&str>, now_s: u64) -> KeyResult<'p> {
     if prefix_account.is_some_and(|account| !policy.accounts.is_valid(account)) {
         return Err((None, Code::InvalidAccount.into()));
     }
@@ -124,8 +113,7 @@ fn check_api_key<'p>(
     };
     let hash = api_keys.hasher.hash(key);
     let found = api_keys.inline.find(&hash);
-    let Some(found) = found.filter(|k| prefix_account.is_none_or(|account| account == k.account))
-    else {
+    let Some(found) = found.filter(|k| prefix_account.is_none_or(|account| account == k.account)) else {
         return Err((None, Code::InvalidApiKey.into()));
     };
     if found.expires_at.is_some_and(|at| now_s >= at) {
@@ -246,8 +234,7 @@ mod tests {
             vec![("x-api-key", "sk_live_acme_good".to_owned())],
             vec![("authorization", "UserKey sk_live_acme_good".to_owned())],
         ] {
-            let headers: Vec<(&str, &str)> =
-                headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let decision = run(&p, "/v1/anything", &headers);
             assert_eq!(decision.key_id, Some("k_acme"));
             assert_eq!(
@@ -306,35 +293,20 @@ mod tests {
             Some("invalid_api_key")
         );
         assert_eq!(
-            code(
-                &p,
-                "/x",
-                &[("authorization", &b("sk_live_kataven-admin_root"))]
-            ),
+            code(&p, "/x", &[("authorization", &b("sk_live_kataven-admin_root"))]),
             Some("account_forbidden")
         );
         assert_eq!(
-            code(
-                &p,
-                "/jwt-only",
-                &[("authorization", &b("sk_live_acme_good"))]
-            ),
+            code(&p, "/jwt-only", &[("authorization", &b("sk_live_acme_good"))]),
             Some("credential_not_allowed")
         );
         assert_eq!(
             code(&p, "/agents", &[("x-api-key", "opaque-key")]),
             Some("insufficient_scope")
         );
+        assert_eq!(code(&p, "/agents", &[("x-api-key", "sk_live_acme_good")]), None);
         assert_eq!(
-            code(&p, "/agents", &[("x-api-key", "sk_live_acme_good")]),
-            None
-        );
-        assert_eq!(
-            code(
-                &p,
-                "/admin",
-                &[("authorization", &b("sk_live_kataven-admin_root"))]
-            ),
+            code(&p, "/admin", &[("authorization", &b("sk_live_kataven-admin_root"))]),
             None
         );
         assert_eq!(
@@ -363,10 +335,7 @@ mod tests {
             Some("malformed_credentials")
         );
         // An unknown key on a JWT-only route is an invalid key, not a disallowed kind.
-        assert_eq!(
-            code(&p, "/jwt-only", &[("x-api-key", "nope")]),
-            Some("invalid_api_key")
-        );
+        assert_eq!(code(&p, "/jwt-only", &[("x-api-key", "nope")]), Some("invalid_api_key"));
         // An expired key that is also revoked is reported expired (row 6 before 7).
         let d = run(&p, "/x", &[("authorization", "Bearer sk_live_acme_old")]);
         assert_eq!(d.key_id, Some("k_old"));
@@ -384,25 +353,16 @@ mod tests {
             run(&p, "/maybe", &[("x-api-key", "opaque-key")]).verdict,
             Verdict::Allow(Some(_))
         ));
-        assert_eq!(
-            code(&p, "/maybe", &[("x-api-key", "bad")]),
-            Some("invalid_api_key")
-        );
+        assert_eq!(code(&p, "/maybe", &[("x-api-key", "bad")]), Some("invalid_api_key"));
         // A public prefix cannot be stretched into a protected path.
-        assert_eq!(
-            code(&p, "/public/../agents", &[]),
-            Some("missing_authentication")
-        );
+        assert_eq!(code(&p, "/public/../agents", &[]), Some("missing_authentication"));
         assert_eq!(code(&p, "/publicity", &[]), Some("missing_authentication"));
     }
 
     #[test]
     fn expiry_is_exact_to_the_second() {
         let p = policy();
-        let headers = [(
-            "authorization".to_owned(),
-            b"Bearer sk_live_acme_old".to_vec(),
-        )];
+        let headers = [("authorization".to_owned(), b"Bearer sk_live_acme_old".to_vec())];
         let at = |now| {
             decide(
                 &p,

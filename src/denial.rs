@@ -81,9 +81,7 @@ impl Code {
 
     fn default_message(self) -> &'static str {
         match self {
-            Code::MalformedCredentials => {
-                "The request carries a malformed or ambiguous credential."
-            }
+            Code::MalformedCredentials => "The request carries a malformed or ambiguous credential.",
             Code::MissingAuthentication => "This endpoint requires an API key or a bearer token.",
             Code::InvalidAccount => "The account name is not valid.",
             Code::AccountHeaderRequired => "This token requires an account header.",
@@ -228,9 +226,7 @@ mod tests {
             reply.body,
             r#"{"error":{"code":"invalid_api_key","message":"The API key is not valid."}}"#
         );
-        assert!(reply
-            .headers
-            .contains(&("content-type", "application/json".into())));
+        assert!(reply.headers.contains(&("content-type", "application/json".into())));
         assert!(reply
             .headers
             .iter()
@@ -242,10 +238,7 @@ mod tests {
             .contains(&("www-authenticate", "Bearer realm=\"edge-auth\"".into())));
 
         let forbidden = Denial::from(Code::AccountForbidden).reply();
-        assert!(forbidden
-            .headers
-            .iter()
-            .all(|(n, _)| *n != "www-authenticate"));
+        assert!(forbidden.headers.iter().all(|(n, _)| *n != "www-authenticate"));
     }
 
     #[test]

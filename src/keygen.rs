@@ -45,12 +45,7 @@ pub fn random_base62(len: usize) -> Result<String, getrandom::Error> {
 }
 
 pub fn mint(spec: KeySpec, hasher: &KeyHasher) -> Result<NewKey, getrandom::Error> {
-    let key = format!(
-        "{}{}_{}",
-        spec.prefix,
-        spec.account,
-        random_base62(SECRET_LEN)?
-    );
+    let key = format!("{}{}_{}", spec.prefix, spec.account, random_base62(SECRET_LEN)?);
     let id = format!("key_{}", random_base62(ID_LEN)?);
     let record = KeyRecordDoc {
         id,

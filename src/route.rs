@@ -75,9 +75,7 @@ impl Route {
     }
 
     pub fn allows(&self, kind: CredentialKind) -> bool {
-        self.credentials
-            .as_ref()
-            .is_none_or(|kinds| kinds.contains(&kind))
+        self.credentials.as_ref().is_none_or(|kinds| kinds.contains(&kind))
     }
 }
 
@@ -100,9 +98,7 @@ pub fn normalise(path: &str) -> Cow<'_, str> {
     let path = path.split(['?', '#']).next().unwrap_or_default();
     let clean = path.starts_with('/')
         && !path.contains("//")
-        && !path
-            .split('/')
-            .any(|segment| segment == "." || segment == "..");
+        && !path.split('/').any(|segment| segment == "." || segment == "..");
     if clean {
         return Cow::Borrowed(path);
     }

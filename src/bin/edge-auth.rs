@@ -79,18 +79,12 @@ fn key_new(args: &[&str]) -> Result<(), Failure> {
         match *flag {
             "--account" => spec.account = value.to_string(),
             "--org" => spec.org = value.to_string(),
-            "--scopes" => {
-                spec.scopes = value
-                    .split(',')
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            }
+            "--scopes" => spec.scopes = value.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
             "--plan" => spec.plan = Some(value.to_string()),
             "--prefix" => spec.prefix = value.to_string(),
             "--expires" => {
-                let ttl = humantime::parse_duration(value)
-                    .map_err(|e| Failure::Usage(format!("--expires {value}: {e}")))?;
+                let ttl =
+                    humantime::parse_duration(value).map_err(|e| Failure::Usage(format!("--expires {value}: {e}")))?;
                 let at = SystemTime::now() + ttl;
                 spec.expires_at = Some(humantime::format_rfc3339_seconds(at).to_string());
             }
@@ -100,8 +94,8 @@ fn key_new(args: &[&str]) -> Result<(), Failure> {
     if spec.org.is_empty() {
         return Err(Failure::Usage("--org is required".into()));
     }
-    let accounts = AccountRules::new(DEFAULT_ACCOUNT_PATTERN, [])
-        .map_err(|e| Failure::Failed(format!("account pattern: {e}")))?;
+    let accounts =
+        AccountRules::new(DEFAULT_ACCOUNT_PATTERN, []).map_err(|e| Failure::Failed(format!("account pattern: {e}")))?;
     if !accounts.is_valid(&spec.account) {
         return Err(Failure::Usage(format!(
             "--account '{}' does not match the account pattern {DEFAULT_ACCOUNT_PATTERN}",
@@ -111,10 +105,7 @@ fn key_new(args: &[&str]) -> Result<(), Failure> {
     let new = mint(spec, &pepper()?).map_err(|e| Failure::Failed(format!("no randomness: {e}")))?;
     let record = serde_json::to_string(&new.record).map_err(|e| Failure::Failed(e.to_string()))?;
     if json {
-        println!(
-            "{{\"key\":{},\"record\":{record}}}",
-            serde_json::Value::from(new.key)
-        );
+        println!("{{\"key\":{},\"record\":{record}}}", serde_json::Value::from(new.key));
     } else {
         println!("API key (shown once; store it now):\n  {}\n", new.key);
         println!("Record for the policy's api_keys.keys or the key server:\n  {record}");
@@ -157,8 +148,7 @@ impl Environment for CheckEnv {
 
 fn policy_check(file: &str) -> Result<(), Failure> {
     let json = std::fs::read(file).map_err(|e| Failure::Failed(format!("{file}: {e}")))?;
-    let policy =
-        config::parse(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("config: {e}")))?;
+    let policy = config::parse(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("config: {e}")))?;
     let keys = policy.api_keys.as_ref().map_or(0, |k| k.inline.len());
     println!(
         "{file}: ok ({:?} mode, {keys} keys, {} JWT providers, {} routes)",

@@ -77,40 +77,27 @@ const MAX_CLOCK_SKEW_S: u64 = 3_600;
 impl Policy {
     pub fn compile(doc: &PolicyDoc, env: &dyn Environment) -> Result<Self, ConfigError> {
         if doc.api_keys.is_none() && doc.jwt.is_none() {
-            return Err(ConfigError::new(
-                "config",
-                "needs a credential source: api_keys or jwt",
-            ));
+            return Err(ConfigError::new("config", "needs a credential source: api_keys or jwt"));
         }
-        let accounts =
-            AccountRules::new(&doc.account_pattern, doc.reserved_accounts.iter().cloned())
-                .map_err(|e| {
-                    ConfigError::new(
-                        "account_pattern",
-                        format!("invalid regular expression: {e}"),
-                    )
-                })?;
+        let accounts = AccountRules::new(&doc.account_pattern, doc.reserved_accounts.iter().cloned())
+            .map_err(|e| ConfigError::new("account_pattern", format!("invalid regular expression: {e}")))?;
         let identity_headers = compile_identity_headers(&doc.identity_headers)?;
 
         let plans = match &doc.rate_limits {
             Some(rl) => Plans::compile(&rl.plans)?,
             None => Plans::default(),
         };
-        let plan_ref =
-            |name: &Option<String>, field: &str| -> Result<Option<PlanId>, ConfigError> {
-                name.as_ref()
-                    .map(|n| {
-                        plans
-                            .id(n)
-                            .ok_or_else(|| ConfigError::new(field, format!("unknown plan '{n}'")))
-                    })
-                    .transpose()
-            };
+        let plan_ref = |name: &Option<String>, field: &str| -> Result<Option<PlanId>, ConfigError> {
+            name.as_ref()
+                .map(|n| {
+                    plans
+                        .id(n)
+                        .ok_or_else(|| ConfigError::new(field, format!("unknown plan '{n}'")))
+                })
+                .transpose()
+        };
         let rl = doc.rate_limits.as_ref();
-        let default_plan = plan_ref(
-            &rl.and_then(|r| r.default_plan.clone()),
-            "rate_limits.default_plan",
-        )?;
+        let default_plan = plan_ref(&rl.and_then(|r| r.default_plan.clone()), "rate_limits.default_plan")?;
         let jwt_plan = plan_ref(&rl.and_then(|r| r.jwt_plan.clone()), "rate_limits.jwt_plan")?;
 
         let (prefixes, api_keys) = match &doc.api_keys {
@@ -121,15 +108,12 @@ impl Policy {
                     public: ak.public_prefixes.clone(),
                 };
                 check_prefixes(&prefixes)?;
-                let pepper = env
-                    .var(&ak.pepper_env)
-                    .filter(|p| !p.is_empty())
-                    .ok_or_else(|| {
-                        ConfigError::new(
-                            "api_keys.pepper_env",
-                            format!("environment variable {} is missing or empty", ak.pepper_env),
-                        )
-                    })?;
+                let pepper = env.var(&ak.pepper_env).filter(|p| !p.is_empty()).ok_or_else(|| {
+                    ConfigError::new(
+                        "api_keys.pepper_env",
+                        format!("environment variable {} is missing or empty", ak.pepper_env),
+                    )
+                })?;
                 let hasher = KeyHasher::new(pepper.as_bytes())
                     .map_err(|_| ConfigError::new("api_keys.pepper_env", "unusable pepper"))?;
                 let rules = RecordRules {
@@ -142,14 +126,7 @@ impl Policy {
                     .as_ref()
                     .map(|s| compile_source(s, "api_keys.source", 1.0))
                     .transpose()?;
-                (
-                    prefixes,
-                    Some(ApiKeys {
-                        hasher,
-                        inline,
-                        source,
-                    }),
-                )
+                (prefixes, Some(ApiKeys { hasher, inline, source }))
             }
         };
 
@@ -204,10 +181,7 @@ fn check_prefixes(prefixes: &Prefixes) -> Result<(), ConfigError> {
     let all: Vec<_> = all.collect();
     for (i, (path, prefix)) in all.iter().enumerate() {
         if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-            return Err(ConfigError::new(
-                path.as_str(),
-                "a prefix is non-empty visible ASCII",
-            ));
+            return Err(ConfigError::new(path.as_str(), "a prefix is non-empty visible ASCII"));
         }
         let clash = all
             .iter()
@@ -247,10 +221,7 @@ fn check_header_name(name: &str, path: &str) -> Result<(), ConfigError> {
         "te",
     ];
     if RESERVED.contains(&name) {
-        return Err(ConfigError::new(
-            path,
-            format!("'{name}' cannot be an identity header"),
-        ));
+        return Err(ConfigError::new(path, format!("'{name}' cannot be an identity header")));
     }
     Ok(())
 }
@@ -282,11 +253,7 @@ fn compile_identity_headers(doc: &IdentityHeadersDoc) -> Result<IdentityHeaders,
     })
 }
 
-fn compile_source(
-    doc: &SourceDoc,
-    path: &str,
-    default_refresh_s: f64,
-) -> Result<Source, ConfigError> {
+fn compile_source(doc: &SourceDoc, path: &str, default_refresh_s: f64) -> Result<Source, ConfigError> {
     if doc.cluster.is_empty() {
         return Err(ConfigError::new(
             format!("{path}.cluster"),
@@ -322,10 +289,7 @@ fn compile_source(
 
 fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigError> {
     if docs.is_empty() {
-        return Err(ConfigError::new(
-            "jwt.providers",
-            "needs at least one provider",
-        ));
+        return Err(ConfigError::new("jwt.providers", "needs at least one provider"));
     }
     let mut names = HashSet::new();
     let mut issuers = HashSet::new();
@@ -333,23 +297,14 @@ fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigError>
     for (i, doc) in docs.iter().enumerate() {
         let at = |field: &str| format!("jwt.providers[{i}].{field}");
         if doc.name.is_empty() || !names.insert(doc.name.as_str()) {
-            return Err(ConfigError::new(
-                at("name"),
-                "needs a unique, non-empty name",
-            ));
+            return Err(ConfigError::new(at("name"), "needs a unique, non-empty name"));
         }
         // The token's `iss` chooses the provider, so issuers must be unique.
         if doc.issuer.is_empty() || !issuers.insert(doc.issuer.as_str()) {
-            return Err(ConfigError::new(
-                at("issuer"),
-                "needs a unique, non-empty issuer",
-            ));
+            return Err(ConfigError::new(at("issuer"), "needs a unique, non-empty issuer"));
         }
         if doc.algorithms.is_empty() {
-            return Err(ConfigError::new(
-                at("algorithms"),
-                "needs at least one algorithm",
-            ));
+            return Err(ConfigError::new(at("algorithms"), "needs at least one algorithm"));
         }
         let algorithms = doc
             .algorithms
@@ -422,11 +377,7 @@ fn compile_route(doc: &RouteDoc, at: &str) -> Result<Route, ConfigError> {
     };
     let (PathMatch::Prefix(text) | PathMatch::Exact(text)) = &path;
     if !text.starts_with('/') || text.contains(['?', '#']) || !is_header_safe(text) {
-        let field = if doc.prefix.is_some() {
-            "prefix"
-        } else {
-            "path"
-        };
+        let field = if doc.prefix.is_some() { "prefix" } else { "path" };
         return Err(ConfigError::new(
             format!("{at}.{field}"),
             "an absolute path without query or fragment",
@@ -455,10 +406,7 @@ fn compile_route(doc: &RouteDoc, at: &str) -> Result<Route, ConfigError> {
                 .enumerate()
                 .map(|(i, k)| {
                     CredentialKind::parse(k).ok_or_else(|| {
-                        ConfigError::new(
-                            format!("{at}.credentials[{i}]"),
-                            format!("'{k}' is not api_key or jwt"),
-                        )
+                        ConfigError::new(format!("{at}.credentials[{i}]"), format!("'{k}' is not api_key or jwt"))
                     })
                 })
                 .collect::<Result<Vec<_>, _>>()
@@ -477,8 +425,7 @@ fn compile_route(doc: &RouteDoc, at: &str) -> Result<Route, ConfigError> {
         AuthDoc::Optional => Auth::Optional,
         AuthDoc::None => Auth::None,
     };
-    if auth == Auth::None && (credentials.is_some() || !doc.scopes.is_empty() || doc.allow_reserved)
-    {
+    if auth == Auth::None && (credentials.is_some() || !doc.scopes.is_empty() || doc.allow_reserved) {
         return Err(ConfigError::new(
             format!("{at}.auth"),
             "\"none\" never inspects credentials, so credentials, scopes and allow_reserved would be ignored",
@@ -533,27 +480,19 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        assert_eq!(
-            err(r#"{}"#),
-            "config: needs a credential source: api_keys or jwt"
-        );
+        assert_eq!(err(r#"{}"#), "config: needs a credential source: api_keys or jwt");
         assert!(err(r#"{"api_keys":{},"routez":[]}"#).starts_with("routez: unknown field `routez`"));
-        assert!(err(
-            r#"{"api_keys":{"keys":[{"id":"a","hash":"x","org":"o","account":"a","scope":[]}]}}"#
-        )
-        .starts_with("api_keys.keys[0].scope: unknown field `scope`"));
+        assert!(
+            err(r#"{"api_keys":{"keys":[{"id":"a","hash":"x","org":"o","account":"a","scope":[]}]}}"#)
+                .starts_with("api_keys.keys[0].scope: unknown field `scope`")
+        );
         let bad_hash = format!(
             r#"{{"api_keys":{{"keys":[{{"id":"a","hash":"{HASH}","org":"o","account":"a"}},{{"id":"b","hash":"nothex","org":"o","account":"a"}}]}}}}"#
         );
-        assert_eq!(
-            err(&bad_hash),
-            "api_keys.keys[1].hash: expected 64 hex characters"
-        );
+        assert_eq!(err(&bad_hash), "api_keys.keys[1].hash: expected 64 hex characters");
         assert!(err(r#"{"api_keys":{},"account_pattern":"[a-"}"#)
             .starts_with("account_pattern: invalid regular expression"));
-        assert!(
-            err(r#"{"api_keys":{},"mode":"audit"}"#).starts_with("mode: unknown variant `audit`")
-        );
+        assert!(err(r#"{"api_keys":{},"mode":"audit"}"#).starts_with("mode: unknown variant `audit`"));
         assert_eq!(
             err(r#"{"api_keys":{},"rate_limits":{"plans":{},"default_plan":"gold"}}"#),
             "rate_limits.default_plan: unknown plan 'gold'"
@@ -587,9 +526,7 @@ mod tests {
             "api_keys.source.refresh_s: must be 0.05 to 86400 seconds"
         );
         assert_eq!(
-            err(
-                r#"{"jwt":{"providers":[{"name":"a","issuer":"i","algorithms":["none"],"jwks":{"keys":[]}}]}}"#
-            ),
+            err(r#"{"jwt":{"providers":[{"name":"a","issuer":"i","algorithms":["none"],"jwks":{"keys":[]}}]}}"#),
             "jwt.providers[0].algorithms[0]: 'none' is not one of HS256, RS256, ES256"
         );
         assert_eq!(
@@ -597,6 +534,7 @@ mod tests {
             "jwt.providers[0].jwks: a provider needs jwks, jwks_source, or both"
         );
         assert!(err(r#"{"api_keys":{}} {}"#).starts_with("config: trailing characters"));
+        assert_eq!(err("{not json"), "config: key must be a string at line 1 column 2");
     }
 
     #[test]

@@ -7,10 +7,7 @@ mod compile;
 mod schema;
 
 pub use compile::{ApiKeys, IdentityHeaders, Policy, Source, SHADOW_HEADER};
-pub use schema::{
-    BucketDoc, JwkSetDoc, KeyRecordDoc, Mode, PolicyDoc, DEFAULT_ACCOUNT_PATTERN,
-    DEFAULT_PEPPER_ENV,
-};
+pub use schema::{BucketDoc, JwkSetDoc, KeyRecordDoc, Mode, PolicyDoc, DEFAULT_ACCOUNT_PATTERN, DEFAULT_PEPPER_ENV};
 
 use std::fmt;
 
@@ -63,14 +60,13 @@ pub fn parse_doc(json: &[u8]) -> Result<PolicyDoc, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let doc: PolicyDoc = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();
-        let path = if path == "." {
-            "config".to_owned()
-        } else {
-            path
+        // serde_path_to_error writes "." for the root and "?" for syntax errors.
+        let path = match path.as_str() {
+            "." | "?" | "" => "config".to_owned(),
+            _ => path,
         };
         ConfigError::new(path, err.into_inner().to_string())
     })?;
-    de.end()
-        .map_err(|err| ConfigError::new("config", err.to_string()))?;
+    de.end().map_err(|err| ConfigError::new("config", err.to_string()))?;
     Ok(doc)
 }

@@ -7,6 +7,7 @@ use crate::decision::{decide, Decision, Request, Verdict};
 use crate::denial::{Code, Denial, Reply};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use std::borrow::Cow;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -26,11 +27,7 @@ impl HttpFilter {
     }
 
     fn send(&self, reply: &Reply) -> Action {
-        let headers: Vec<(&str, &str)> = reply
-            .headers
-            .iter()
-            .map(|(n, v)| (*n, v.as_str()))
-            .collect();
+        let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
         self.send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
         Action::Pause
     }
@@ -56,9 +53,7 @@ impl HttpFilter {
                 .route
                 .map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
             decision.key_id.unwrap_or("-"),
-            decision
-                .malformed
-                .map_or_else(|| "-".to_owned(), |m| m.to_string()),
+            decision.malformed.map_or_else(|| "-".to_owned(), |m| m.to_string()),
         );
     }
 }
@@ -73,20 +68,22 @@ impl HttpContext for HttpFilter {
         };
         // Byte getters: the string ones panic on non-UTF-8 values.
         let headers = self.get_http_request_headers_bytes();
+        // Lossy, not empty: a path with stray bytes keeps its prefix, so it
+        // still matches the route upstream will serve it under.
         let pseudo = |name: &str| {
             headers
                 .iter()
                 .find(|(n, _)| n == name)
-                .and_then(|(_, v)| std::str::from_utf8(v).ok())
-                .unwrap_or_default()
+                .map_or(Cow::Borrowed(""), |(_, v)| String::from_utf8_lossy(v))
         };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
         let now_s = self
             .get_current_time()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         let request = Request {
-            method: pseudo(":method"),
-            path: pseudo(":path"),
+            method: &method,
+            path: &path,
             headers: &headers,
         };
         let decision = decide(&policy, &request, now_s);

@@ -43,11 +43,7 @@ impl Metrics {
 }
 
 fn bump_code(ids: &[u32; Code::ALL.len()], code: Code) {
-    if let Some(&id) = Code::ALL
-        .iter()
-        .position(|&c| c == code)
-        .and_then(|i| ids.get(i))
-    {
+    if let Some(&id) = Code::ALL.iter().position(|&c| c == code).and_then(|i| ids.get(i)) {
         bump(id);
     }
 }

@@ -50,9 +50,7 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
     for (i, doc) in set.keys.iter().enumerate() {
         let at = |field: &str| format!("{path}.keys[{i}].{field}");
         let decode = |field: &str, value: &Option<String>| -> Result<Vec<u8>, ConfigError> {
-            let text = value
-                .as_deref()
-                .ok_or_else(|| ConfigError::new(at(field), "missing"))?;
+            let text = value.as_deref().ok_or_else(|| ConfigError::new(at(field), "missing"))?;
             URL_SAFE_NO_PAD
                 .decode(text)
                 .map_err(|_| ConfigError::new(at(field), "expected unpadded base64url"))
@@ -90,19 +88,11 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
                 let x = decode("x", &doc.x)?;
                 let y = decode("y", &doc.y)?;
                 if x.len() != 32 || y.len() != 32 {
-                    return Err(ConfigError::new(
-                        at("x"),
-                        "P-256 coordinates are 32 bytes each",
-                    ));
+                    return Err(ConfigError::new(at("x"), "P-256 coordinates are 32 bytes each"));
                 }
                 KeyMaterial::Ec { x, y }
             }
-            other => {
-                return Err(ConfigError::new(
-                    at("kty"),
-                    format!("unsupported key type '{other}'"),
-                ))
-            }
+            other => return Err(ConfigError::new(at("kty"), format!("unsupported key type '{other}'"))),
         };
         if let Some(alg) = &doc.alg {
             if Algorithm::parse(alg) != Some(material.algorithm()) {
@@ -124,10 +114,7 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
         }
         if let Some(kid) = &doc.kid {
             if !kids.insert(kid.clone()) {
-                return Err(ConfigError::new(
-                    at("kid"),
-                    format!("duplicate kid '{kid}'"),
-                ));
+                return Err(ConfigError::new(at("kid"), format!("duplicate kid '{kid}'")));
             }
         }
         keys.push(Jwk {
@@ -187,37 +174,23 @@ mod tests {
             compile(short).unwrap_err(),
             "jwks.keys[0].k: oct keys need at least 32 bytes"
         );
-        let rsa1024 = format!(
-            r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#,
-            b64(&[0xff; 128])
-        );
+        let rsa1024 = format!(r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#, b64(&[0xff; 128]));
         assert_eq!(
             compile(rsa1024).unwrap_err(),
             "jwks.keys[0].n: RSA keys need 2048 to 8192 bits, this one has 1024"
         );
-        let confused = format!(
-            r#"{{"keys":[{{"kty":"oct","alg":"RS256","k":"{}"}}]}}"#,
-            b64(&[7; 32])
-        );
-        assert!(compile(confused)
-            .unwrap_err()
-            .starts_with("jwks.keys[0].alg:"));
+        let confused = format!(r#"{{"keys":[{{"kty":"oct","alg":"RS256","k":"{}"}}]}}"#, b64(&[7; 32]));
+        assert!(compile(confused).unwrap_err().starts_with("jwks.keys[0].alg:"));
         let p384 = format!(
             r#"{{"keys":[{{"kty":"EC","crv":"P-384","x":"{0}","y":"{0}"}}]}}"#,
             b64(&[1; 48])
         );
-        assert_eq!(
-            compile(p384).unwrap_err(),
-            "jwks.keys[0].crv: only P-256 is supported"
-        );
+        assert_eq!(compile(p384).unwrap_err(), "jwks.keys[0].crv: only P-256 is supported");
         let dup = format!(
             r#"{{"keys":[{{"kty":"oct","kid":"a","k":"{0}"}},{{"kty":"oct","kid":"a","k":"{0}"}}]}}"#,
             b64(&[7; 32])
         );
-        assert_eq!(
-            compile(dup).unwrap_err(),
-            "jwks.keys[1].kid: duplicate kid 'a'"
-        );
+        assert_eq!(compile(dup).unwrap_err(), "jwks.keys[1].kid: duplicate kid 'a'");
         assert!(compile(r#"{"keys":[{"kty":"none"}]}"#.into())
             .unwrap_err()
             .starts_with("jwks.keys[0].kty:"));

@@ -56,14 +56,10 @@ impl Plans {
                 }
                 let requests = NonZeroU64::new(doc.requests)
                     .filter(|r| r.get() <= MAX_REQUESTS)
-                    .ok_or_else(|| {
-                        ConfigError::new(at(i, "requests"), format!("must be 1 to {MAX_REQUESTS}"))
-                    })?;
+                    .ok_or_else(|| ConfigError::new(at(i, "requests"), format!("must be 1 to {MAX_REQUESTS}")))?;
                 let per_s = NonZeroU64::new(doc.per_s)
                     .filter(|p| p.get() <= MAX_PERIOD_S)
-                    .ok_or_else(|| {
-                        ConfigError::new(at(i, "per_s"), format!("must be 1 to {MAX_PERIOD_S}"))
-                    })?;
+                    .ok_or_else(|| ConfigError::new(at(i, "per_s"), format!("must be 1 to {MAX_PERIOD_S}")))?;
                 compiled.push(Bucket {
                     name: doc.name.clone(),
                     requests,
@@ -113,12 +109,9 @@ mod tests {
             err(r#"{"p":[{"name":"a","requests":0,"per_s":1}]}"#),
             format!("rate_limits.plans.p[0].requests: must be 1 to {MAX_REQUESTS}")
         );
-        assert!(err(r#"{"p":[{"name":"a","requests":1,"per_s":0}]}"#)
-            .starts_with("rate_limits.plans.p[0].per_s:"));
+        assert!(err(r#"{"p":[{"name":"a","requests":1,"per_s":0}]}"#).starts_with("rate_limits.plans.p[0].per_s:"));
         assert_eq!(
-            err(
-                r#"{"p":[{"name":"a","requests":1,"per_s":1},{"name":"a","requests":2,"per_s":2}]}"#
-            ),
+            err(r#"{"p":[{"name":"a","requests":1,"per_s":1},{"name":"a","requests":2,"per_s":2}]}"#),
             "rate_limits.plans.p[1].name: duplicate bucket 'a'"
         );
         assert_eq!(

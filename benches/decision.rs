@@ -1,0 +1,120 @@
+//! Host-side cost of the request decision. `make bench` (or
+//! `cargo bench --bench decision`) prints nanoseconds per call, median of rounds.
+
+// A benchmark, not request-path code: failing loudly on bad fixtures is right.
+#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
+use edge_auth::action::act;
+use edge_auth::api_key::KeyHasher;
+use edge_auth::config::{self, Environment, Policy};
+use edge_auth::decision::{decide, Request};
+use std::hint::black_box;
+use std::time::Instant;
+
+struct Pepper;
+impl Environment for Pepper {
+    fn var(&self, _: &str) -> Option<String> {
+        Some("bench-pepper".into())
+    }
+}
+
+const ROUNDS: usize = 15;
+
+/// Median nanoseconds per call of `f` over `ROUNDS` rounds of `iters` calls.
+fn measure(name: &str, iters: u32, mut f: impl FnMut()) {
+    let mut samples: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(iters)
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    println!("{name:<48} {:>10.0} ns", samples[ROUNDS / 2]);
+}
+
+fn policy_json(keys: usize) -> String {
+    let hasher = KeyHasher::new(b"bench-pepper").unwrap();
+    let records: Vec<String> = (0..keys)
+        .map(|i| {
+            format!(
+                r#"{{"id":"key_{i}","hash":"{}","org":"org_{i}","account":"acme","scopes":["agents:read","tasks:execute"]}}"#,
+                hasher.hash(&format!("sk_live_acme_Secret{i:08}")).to_hex()
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"api_keys":{{"keys":[{}]}},"routes":[
+            {{"prefix":"/api/accounts","methods":["GET"],"auth":"none"}},
+            {{"prefix":"/api/v1/api-keys","methods":["POST"],"credentials":["jwt"]}},
+            {{"prefix":"/v1/agents","methods":["GET"],"scopes":["agents:read"]}}]}}"#,
+        records.join(",")
+    )
+}
+
+fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
+    let mut all = vec![
+        (":method".to_owned(), b"GET".to_vec()),
+        (":path".to_owned(), b"/v1/agents/42?verbose=1".to_vec()),
+        (":authority".to_owned(), b"api.example.com".to_vec()),
+        ("user-agent".to_owned(), b"bench/1.0".to_vec()),
+        ("accept".to_owned(), b"application/json".to_vec()),
+    ];
+    all.extend(pairs.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())));
+    all
+}
+
+fn bench_decision(policy: &Policy, label: &str, pairs: &[(&str, &str)]) {
+    let headers = headers(pairs);
+    let request = Request {
+        method: "GET",
+        path: "/v1/agents/42?verbose=1",
+        headers: &headers,
+    };
+    measure(label, 100_000, || {
+        let decision = decide(black_box(policy), black_box(&request), 1_800_000_000);
+        black_box(act(policy, &decision));
+    });
+}
+
+fn main() {
+    for keys in [10, 10_000] {
+        let policy = config::parse(policy_json(keys).as_bytes(), &Pepper).unwrap();
+        let key = format!("sk_live_acme_Secret{:08}", keys / 2);
+        let bearer = format!("Bearer {key}");
+        bench_decision(
+            &policy,
+            &format!("decide+act: Bearer sk_live_ ({keys} keys)"),
+            &[("authorization", &bearer)],
+        );
+        bench_decision(
+            &policy,
+            &format!("decide+act: x-api-key ({keys} keys)"),
+            &[("x-api-key", &key)],
+        );
+        bench_decision(
+            &policy,
+            &format!("decide+act: unknown key ({keys} keys)"),
+            &[("x-api-key", "sk_live_acme_Nope")],
+        );
+    }
+    let policy = config::parse(policy_json(10).as_bytes(), &Pepper).unwrap();
+    bench_decision(&policy, "decide+act: no credential (401)", &[]);
+    bench_decision(
+        &policy,
+        "decide+act: ambiguous (400)",
+        &[("x-api-key", "a"), ("x-api-key", "b")],
+    );
+
+    let json = policy_json(10_000);
+    let mut samples = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        black_box(config::parse(json.as_bytes(), &Pepper).unwrap());
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    println!("{:<48} {:>10.1} ms", "config compile, 10,000 keys", samples[2]);
+}

@@ -1,0 +1,67 @@
+"""A demo upstream: answers every request with a JSON echo of what it received.
+
+The identity headers edge-auth injected are visible in the echo, which is how
+`make run` shows the filter working. The tests use the same server and read
+`received` to prove that denied requests never arrived.
+"""
+
+import json
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Upstream(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, port=0):
+        super().__init__(("127.0.0.1", port), _Handler)
+        self.received = []  # (method, path, [(name, value)]) in arrival order
+        self.lock = threading.Lock()
+
+    @property
+    def port(self):
+        return self.server_address[1]
+
+    def start(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def requests(self):
+        with self.lock:
+            return list(self.received)
+
+    def clear(self):
+        with self.lock:
+            self.received.clear()
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def _echo(self):
+        length = int(self.headers.get("content-length") or 0)
+        if length:
+            self.rfile.read(length)
+        headers = [(k.lower(), v) for k, v in self.headers.items()]
+        with self.server.lock:
+            self.server.received.append((self.command, self.path, headers))
+        body = json.dumps(
+            {"method": self.command, "path": self.path, "headers": dict(headers)}, indent=2
+        ).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _echo
+
+    def log_message(self, *args):
+        pass
+
+
+if __name__ == "__main__":
+    server = Upstream(int(sys.argv[1]) if len(sys.argv) > 1 else 8081)
+    print(f"demo upstream on 127.0.0.1:{server.port}", flush=True)
+    server.serve_forever()

@@ -8,6 +8,7 @@ use edge_auth::action::act;
 use edge_auth::api_key::KeyHasher;
 use edge_auth::config::{self, Environment, Policy};
 use edge_auth::decision::{decide, Request};
+use edge_auth::rate_limit::MemoryStore;
 use std::hint::black_box;
 use std::time::Instant;
 
@@ -36,17 +37,27 @@ fn measure(name: &str, iters: u32, mut f: impl FnMut()) {
 }
 
 fn policy_json(keys: usize) -> String {
+    policy_with(keys, "")
+}
+
+/// `plan` names a plan of `rate_limits` below for every key, or "" for none.
+fn policy_with(keys: usize, plan: &str) -> String {
     let hasher = KeyHasher::new(b"bench-pepper").unwrap();
     let records: Vec<String> = (0..keys)
         .map(|i| {
             format!(
-                r#"{{"id":"key_{i}","hash":"{}","org":"org_{i}","account":"acme","scopes":["agents:read","tasks:execute"]}}"#,
-                hasher.hash(&format!("sk_live_acme_Secret{i:08}")).to_hex()
+                r#"{{"id":"key_{i}","hash":"{}","org":"org_{i}","account":"acme","scopes":["agents:read","tasks:execute"]{}}}"#,
+                hasher.hash(&format!("sk_live_acme_Secret{i:08}")).to_hex(),
+                if plan.is_empty() { String::new() } else { format!(r#","plan":"{plan}""#) }
             )
         })
         .collect();
     format!(
-        r#"{{"api_keys":{{"keys":[{}]}},"routes":[
+        r#"{{"api_keys":{{"keys":[{}]}},
+            "rate_limits":{{"plans":{{
+                "huge":[{{"name":"burst","requests":1000000000000,"per_s":1}},{{"name":"day","requests":1000000000000,"per_s":86400}}],
+                "tiny":[{{"name":"burst","requests":1,"per_s":31536000}}]}}}},
+            "routes":[
             {{"prefix":"/api/accounts","methods":["GET"],"auth":"none"}},
             {{"prefix":"/api/v1/api-keys","methods":["POST"],"credentials":["jwt"]}},
             {{"prefix":"/v1/agents","methods":["GET"],"scopes":["agents:read"]}}]}}"#,
@@ -68,13 +79,12 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
 
 fn bench_decision(policy: &Policy, label: &str, pairs: &[(&str, &str)]) {
     let headers = headers(pairs);
-    let request = Request {
-        method: "GET",
-        path: "/v1/agents/42?verbose=1",
-        headers: &headers,
-    };
+    let request = Request { method: "GET", path: "/v1/agents/42?verbose=1", headers: &headers };
+    let store = MemoryStore::default();
+    let mut now_ns = 1_800_000_000_000_000_000u64;
     measure(label, 100_000, || {
-        let decision = decide(black_box(policy), black_box(&request), 1_800_000_000);
+        now_ns += 1_000;
+        let decision = decide(black_box(policy), black_box(&request), now_ns, &store);
         black_box(act(policy, &decision));
     });
 }
@@ -84,29 +94,23 @@ fn main() {
         let policy = config::parse(policy_json(keys).as_bytes(), &Pepper).unwrap();
         let key = format!("sk_live_acme_Secret{:08}", keys / 2);
         let bearer = format!("Bearer {key}");
-        bench_decision(
-            &policy,
-            &format!("decide+act: Bearer sk_live_ ({keys} keys)"),
-            &[("authorization", &bearer)],
-        );
-        bench_decision(
-            &policy,
-            &format!("decide+act: x-api-key ({keys} keys)"),
-            &[("x-api-key", &key)],
-        );
+        bench_decision(&policy, &format!("decide+act: Bearer sk_live_ ({keys} keys)"), &[("authorization", &bearer)]);
+        bench_decision(&policy, &format!("decide+act: x-api-key ({keys} keys)"), &[("x-api-key", &key)]);
         bench_decision(
             &policy,
             &format!("decide+act: unknown key ({keys} keys)"),
             &[("x-api-key", "sk_live_acme_Nope")],
         );
     }
+    let key = "sk_live_acme_Secret00000005";
+    let limited = config::parse(policy_with(10, "huge").as_bytes(), &Pepper).unwrap();
+    bench_decision(&limited, "decide+act: x-api-key + 2-bucket plan, admitted", &[("x-api-key", key)]);
+    let limited = config::parse(policy_with(10, "tiny").as_bytes(), &Pepper).unwrap();
+    bench_decision(&limited, "decide+act: x-api-key, rate limited (429)", &[("x-api-key", key)]);
+
     let policy = config::parse(policy_json(10).as_bytes(), &Pepper).unwrap();
     bench_decision(&policy, "decide+act: no credential (401)", &[]);
-    bench_decision(
-        &policy,
-        "decide+act: ambiguous (400)",
-        &[("x-api-key", "a"), ("x-api-key", "b")],
-    );
+    bench_decision(&policy, "decide+act: ambiguous (400)", &[("x-api-key", "a"), ("x-api-key", "b")]);
 
     let json = policy_json(10_000);
     let mut samples = Vec::new();

@@ -13,10 +13,7 @@ pub struct AccountRules {
 
 impl AccountRules {
     pub fn new(pattern: &str, reserved: impl IntoIterator<Item = String>) -> Result<Self, regex_lite::Error> {
-        Ok(Self {
-            pattern: Regex::new(&format!("^(?:{pattern})$"))?,
-            reserved: reserved.into_iter().collect(),
-        })
+        Ok(Self { pattern: Regex::new(&format!("^(?:{pattern})$"))?, reserved: reserved.into_iter().collect() })
     }
 
     pub fn is_valid(&self, account: &str) -> bool {

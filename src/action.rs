@@ -7,6 +7,7 @@ use crate::config::{Mode, Policy, SHADOW_HEADER};
 use crate::credential::{AUTHORIZATION, X_API_KEY};
 use crate::decision::{Decision, Identity, Verdict};
 use crate::denial::{Denial, Reply};
+use crate::rate_limit::Quota;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Action<'p> {
@@ -15,6 +16,8 @@ pub enum Action<'p> {
         set: Vec<(&'p str, String)>,
         /// Credential headers to remove (`strip_credentials`).
         remove: &'static [&'static str],
+        /// Headers to add to upstream's response (`x-ratelimit-*`).
+        response: Vec<(&'static str, String)>,
     },
     /// Answer locally; the request never reaches upstream.
     Reply(Reply),
@@ -23,27 +26,40 @@ pub enum Action<'p> {
 const CREDENTIAL_HEADERS: &[&str] = &[AUTHORIZATION, X_API_KEY];
 
 pub fn act<'p>(policy: &'p Policy, decision: &Decision<'p>) -> Action<'p> {
+    let quota = decision.quota().map(quota_headers).unwrap_or_default();
     match (&decision.verdict, policy.mode) {
-        (Verdict::Allow(identity), _) => forward(policy, identity.as_ref()),
-        (Verdict::Deny(denial), Mode::Enforce) => Action::Reply(denial.reply()),
+        (Verdict::Allow(identity), _) => forward(policy, identity.as_ref(), quota),
+        (Verdict::Deny(denial), Mode::Enforce) => {
+            let mut reply = denial.reply();
+            reply.headers.extend(quota);
+            Action::Reply(reply)
+        }
         // Shadow: forward as anonymous, with the would-be verdict for upstream to see.
-        (Verdict::Deny(denial), Mode::Shadow) => Action::Forward {
-            set: vec![(SHADOW_HEADER, shadow_verdict(denial))],
-            remove: &[],
-        },
+        (Verdict::Deny(denial), Mode::Shadow) => {
+            Action::Forward { set: vec![(SHADOW_HEADER, shadow_verdict(denial))], remove: &[], response: quota }
+        }
     }
+}
+
+fn quota_headers(quota: Quota) -> Vec<(&'static str, String)> {
+    vec![
+        ("x-ratelimit-limit", quota.limit.to_string()),
+        ("x-ratelimit-remaining", quota.remaining.to_string()),
+        ("x-ratelimit-reset", quota.reset_s.to_string()),
+    ]
 }
 
 fn shadow_verdict(denial: &Denial) -> String {
     format!("{} {}", denial.code.status(), denial.code.as_str())
 }
 
-fn forward<'p>(policy: &'p Policy, identity: Option<&Identity<'p>>) -> Action<'p> {
+fn forward<'p>(
+    policy: &'p Policy,
+    identity: Option<&Identity<'p>>,
+    response: Vec<(&'static str, String)>,
+) -> Action<'p> {
     let Some(identity) = identity else {
-        return Action::Forward {
-            set: Vec::new(),
-            remove: &[],
-        };
+        return Action::Forward { set: Vec::new(), remove: &[], response };
     };
     let names = &policy.identity_headers;
     let mut set = vec![
@@ -56,12 +72,8 @@ fn forward<'p>(policy: &'p Policy, identity: Option<&Identity<'p>>) -> Action<'p
     if !identity.scopes.is_empty() {
         set.push((names.scopes.as_str(), identity.scopes.to_owned()));
     }
-    let remove = if policy.strip_credentials {
-        CREDENTIAL_HEADERS
-    } else {
-        &[]
-    };
-    Action::Forward { set, remove }
+    let remove = if policy.strip_credentials { CREDENTIAL_HEADERS } else { &[] };
+    Action::Forward { set, remove, response }
 }
 
 #[cfg(test)]
@@ -69,6 +81,7 @@ mod tests {
     use super::*;
     use crate::config::{parse, Environment};
     use crate::denial::Code;
+    use crate::rate_limit::{Charge, ChargeResult};
     use crate::route::CredentialKind;
 
     struct Pepper;
@@ -82,38 +95,22 @@ mod tests {
         parse(format!(r#"{{"api_keys":{{}}{extra}}}"#).as_bytes(), &Pepper).unwrap()
     }
 
-    const IDENTITY: Identity<'static> = Identity {
-        org: "o",
-        account: "a",
-        subject: "k1",
-        scopes: "",
-        method: CredentialKind::ApiKey,
-    };
+    const IDENTITY: Identity<'static> =
+        Identity { org: "o", account: "a", subject: "k1", scopes: "", method: CredentialKind::ApiKey };
 
     fn allowed(identity: Option<Identity<'static>>) -> Decision<'static> {
-        Decision {
-            route: None,
-            verdict: Verdict::Allow(identity),
-            key_id: None,
-            malformed: None,
-        }
+        Decision { route: None, verdict: Verdict::Allow(identity), key_id: None, malformed: None, rate: None }
     }
 
     fn denied(code: Code) -> Decision<'static> {
-        Decision {
-            route: None,
-            verdict: Verdict::Deny(code.into()),
-            key_id: None,
-            malformed: None,
-        }
+        Decision { route: None, verdict: Verdict::Deny(code.into()), key_id: None, malformed: None, rate: None }
     }
 
     #[test]
     fn allowed_callers_get_identity_headers_and_empty_scopes_are_omitted() {
         let p = policy("");
-        let Action::Forward { set, remove } = act(&p, &allowed(Some(IDENTITY))) else {
-            panic!()
-        };
+        let Action::Forward { set, remove, response } = act(&p, &allowed(Some(IDENTITY))) else { panic!() };
+        assert!(response.is_empty());
         assert_eq!(
             set,
             [
@@ -125,42 +122,62 @@ mod tests {
             ]
         );
         assert!(remove.is_empty());
-        let scoped = Identity {
-            scopes: "a b",
-            ..IDENTITY
-        };
-        let Action::Forward { set, .. } = act(&p, &allowed(Some(scoped))) else {
-            panic!()
-        };
+        let scoped = Identity { scopes: "a b", ..IDENTITY };
+        let Action::Forward { set, .. } = act(&p, &allowed(Some(scoped))) else { panic!() };
         assert!(set.contains(&("x-auth-scopes", "a b".to_owned())));
     }
 
     #[test]
     fn strip_credentials_removes_both_credential_headers_on_success_only() {
         let p = policy(r#","strip_credentials":true"#);
-        let Action::Forward { remove, .. } = act(&p, &allowed(Some(IDENTITY))) else {
-            panic!()
-        };
+        let Action::Forward { remove, .. } = act(&p, &allowed(Some(IDENTITY))) else { panic!() };
         assert_eq!(remove, ["authorization", "x-api-key"]);
-        let Action::Forward { remove, .. } = act(&p, &allowed(None)) else {
-            panic!()
-        };
+        let Action::Forward { remove, .. } = act(&p, &allowed(None)) else { panic!() };
         assert!(remove.is_empty());
     }
 
     #[test]
     fn enforce_replies_and_shadow_forwards_the_verdict() {
-        let Action::Reply(reply) = act(&policy(""), &denied(Code::RevokedApiKey)) else {
-            panic!()
-        };
+        let Action::Reply(reply) = act(&policy(""), &denied(Code::RevokedApiKey)) else { panic!() };
         assert_eq!(reply.status, 403);
         let shadow = policy(r#","mode":"shadow""#);
         assert_eq!(
             act(&shadow, &denied(Code::RevokedApiKey)),
             Action::Forward {
                 set: vec![("x-edge-auth-shadow", "403 revoked_api_key".into())],
-                remove: &[]
+                remove: &[],
+                response: vec![]
             }
         );
+    }
+
+    #[test]
+    fn quotas_become_ratelimit_headers_and_429s_carry_retry_after() {
+        let p = policy("");
+        let quota = Quota { limit: 20, remaining: 0, reset_s: 10 };
+        let limited = Decision {
+            verdict: Verdict::Deny(Denial::rate_limited(2)),
+            rate: Some(ChargeResult { charge: Charge::Limited { quota, retry_after_s: 2 }, conflicts: 0 }),
+            ..denied(Code::RateLimited)
+        };
+        let Action::Reply(reply) = act(&p, &limited) else { panic!() };
+        assert_eq!(reply.status, 429);
+        for header in [
+            ("retry-after", "2"),
+            ("x-ratelimit-limit", "20"),
+            ("x-ratelimit-remaining", "0"),
+            ("x-ratelimit-reset", "10"),
+        ] {
+            assert!(reply.headers.contains(&(header.0, header.1.to_owned())), "{header:?}");
+        }
+        assert!(reply.body.contains(r#""retry_after":2"#));
+
+        let quota = Quota { limit: 20, remaining: 19, reset_s: 1 };
+        let admitted = Decision {
+            rate: Some(ChargeResult { charge: Charge::Admitted(quota), conflicts: 0 }),
+            ..allowed(Some(IDENTITY))
+        };
+        let Action::Forward { response, .. } = act(&p, &admitted) else { panic!() };
+        assert_eq!(response[1], ("x-ratelimit-remaining", "19".to_owned()));
     }
 }

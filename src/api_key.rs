@@ -6,7 +6,7 @@
 
 use crate::config::ConfigError;
 use crate::config::KeyRecordDoc;
-use crate::rate_limit::{PlanId, Plans};
+use crate::rate_limit::{CallerId, PlanId, Plans};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
@@ -25,9 +25,7 @@ pub struct KeyHasher {
 impl KeyHasher {
     /// HMAC takes keys of any length; the error exists only in the trait's signature.
     pub fn new(pepper: &[u8]) -> Result<Self, hmac::digest::InvalidLength> {
-        Ok(Self {
-            mac: <HmacSha256 as Mac>::new_from_slice(pepper)?,
-        })
+        Ok(Self { mac: <HmacSha256 as Mac>::new_from_slice(pepper)? })
     }
 
     pub fn hash(&self, key: &str) -> KeyHash {
@@ -105,6 +103,8 @@ pub struct ApiKey {
     /// `scopes` space-joined once, for the identity header.
     pub scopes_header: String,
     pub plan: Option<PlanId>,
+    /// Where the key's buckets live (hashed once, here).
+    pub caller: CallerId,
     /// Unix seconds from which the key is refused.
     pub expires_at: Option<u64>,
 }
@@ -157,10 +157,7 @@ impl KeySet {
 
     pub fn find(&self, hash: &KeyHash) -> Option<&ApiKey> {
         let candidates = self.by_hash.get(&hash.index())?;
-        candidates
-            .iter()
-            .filter_map(|&i| self.keys.get(i))
-            .find(|key| key.hash.ct_eq(hash))
+        candidates.iter().filter_map(|&i| self.keys.get(i)).find(|key| key.hash.ct_eq(hash))
     }
 
     pub fn is_revoked(&self, id: &str) -> bool {
@@ -194,20 +191,14 @@ fn compile_record(
     }
     for (j, scope) in record.scopes.iter().enumerate() {
         if scope.is_empty() || !is_header_safe(scope) || scope.contains(' ') {
-            return Err(ConfigError::new(
-                at(&format!("scopes[{j}]")),
-                "a scope is visible ASCII without spaces",
-            ));
+            return Err(ConfigError::new(at(&format!("scopes[{j}]")), "a scope is visible ASCII without spaces"));
         }
     }
     let plan = match &record.plan {
         None => None,
-        Some(name) => Some(
-            rules
-                .plans
-                .id(name)
-                .ok_or_else(|| ConfigError::new(at("plan"), format!("unknown plan '{name}'")))?,
-        ),
+        Some(name) => {
+            Some(rules.plans.id(name).ok_or_else(|| ConfigError::new(at("plan"), format!("unknown plan '{name}'")))?)
+        }
     };
     let expires_at = match &record.expires_at {
         None => None,
@@ -223,6 +214,7 @@ fn compile_record(
         scopes_header: record.scopes.join(" "),
         scopes: record.scopes.clone(),
         plan,
+        caller: CallerId::new(format!("k:{}", record.id).as_bytes()),
         expires_at,
     })
 }
@@ -256,10 +248,7 @@ mod tests {
 
     fn build(records: &[KeyRecordDoc]) -> Result<KeySet, ConfigError> {
         let plans = Plans::default();
-        let rules = RecordRules {
-            account_ok: &|a| !a.is_empty(),
-            plans: &plans,
-        };
+        let rules = RecordRules { account_ok: &|a| !a.is_empty(), plans: &plans };
         KeySet::build(records, &["gone".into()], &rules, "api_keys")
     }
 
@@ -285,10 +274,7 @@ mod tests {
     fn finds_keys_by_hash_only() {
         let hasher = KeyHasher::new(b"pepper").unwrap();
         let set = build(&[record("k1", "sk_live_acme_one", &hasher), record("k2", "two", &hasher)]).unwrap();
-        assert_eq!(
-            set.find(&hasher.hash("sk_live_acme_one")).map(|k| k.id.as_str()),
-            Some("k1")
-        );
+        assert_eq!(set.find(&hasher.hash("sk_live_acme_one")).map(|k| k.id.as_str()), Some("k1"));
         assert_eq!(set.find(&hasher.hash("two")).map(|k| k.id.as_str()), Some("k2"));
         assert!(set.find(&hasher.hash("three")).is_none());
         assert!(set.find(&KeyHasher::new(b"other").unwrap().hash("two")).is_none());
@@ -306,28 +292,16 @@ mod tests {
         assert_eq!(err.to_string(), "api_keys.keys[1].hash: duplicate hash");
         let mut bad = one.clone();
         bad.hash = "abc".into();
-        assert_eq!(
-            build(&[bad]).unwrap_err().to_string(),
-            "api_keys.keys[0].hash: expected 64 hex characters"
-        );
+        assert_eq!(build(&[bad]).unwrap_err().to_string(), "api_keys.keys[0].hash: expected 64 hex characters");
         let mut bad = one.clone();
         bad.plan = Some("gold".into());
-        assert_eq!(
-            build(&[bad]).unwrap_err().to_string(),
-            "api_keys.keys[0].plan: unknown plan 'gold'"
-        );
+        assert_eq!(build(&[bad]).unwrap_err().to_string(), "api_keys.keys[0].plan: unknown plan 'gold'");
         let mut bad = one.clone();
         bad.expires_at = Some("tomorrow".into());
-        assert!(build(&[bad])
-            .unwrap_err()
-            .to_string()
-            .starts_with("api_keys.keys[0].expires_at:"));
+        assert!(build(&[bad]).unwrap_err().to_string().starts_with("api_keys.keys[0].expires_at:"));
         let mut bad = one;
         bad.org = "evil\r\nx-org-id: 1".into();
-        assert!(build(&[bad])
-            .unwrap_err()
-            .to_string()
-            .starts_with("api_keys.keys[0].org:"));
+        assert!(build(&[bad]).unwrap_err().to_string().starts_with("api_keys.keys[0].org:"));
     }
 
     #[test]

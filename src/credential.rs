@@ -22,10 +22,7 @@ pub struct Prefixes {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Credential<'a> {
     /// An API key. `prefix_account` is the account a secret-prefixed key names.
-    ApiKey {
-        key: &'a str,
-        prefix_account: Option<&'a str>,
-    },
+    ApiKey { key: &'a str, prefix_account: Option<&'a str> },
     /// A publishable key: an identifier, never a credential.
     Publishable,
     /// A compact JWS (three base64url parts; the signature may be empty, so
@@ -156,10 +153,7 @@ fn parse_api_key<'a>(key: &'a str, prefixes: &Prefixes) -> Result<Credential<'a>
     if key.contains([' ', '\t']) {
         return Err(Malformed::BadCharacter);
     }
-    Ok(parse_prefixed(key, prefixes)?.unwrap_or(Credential::ApiKey {
-        key,
-        prefix_account: None,
-    }))
+    Ok(parse_prefixed(key, prefixes)?.unwrap_or(Credential::ApiKey { key, prefix_account: None }))
 }
 
 /// Recognises publishable and secret-prefixed keys; `None` for anything else.
@@ -175,10 +169,7 @@ fn parse_prefixed<'a>(key: &'a str, prefixes: &Prefixes) -> Result<Option<Creden
     if secret.is_empty() {
         return Err(Malformed::KeyShape);
     }
-    Ok(Some(Credential::ApiKey {
-        key,
-        prefix_account: Some(account),
-    }))
+    Ok(Some(Credential::ApiKey { key, prefix_account: Some(account) }))
 }
 
 fn is_compact_jws(token: &str) -> bool {
@@ -204,13 +195,8 @@ mod tests {
 
     fn parse(headers: &[(&str, &[u8])]) -> Result<Option<Credential<'static>>, Malformed> {
         // Leak the inputs so results can outlive the borrowed header slice in tests.
-        let owned: &'static [(String, Vec<u8>)] = Box::leak(
-            headers
-                .iter()
-                .map(|(n, v)| (n.to_string(), v.to_vec()))
-                .collect::<Vec<_>>()
-                .into_boxed_slice(),
-        );
+        let owned: &'static [(String, Vec<u8>)] =
+            Box::leak(headers.iter().map(|(n, v)| (n.to_string(), v.to_vec())).collect::<Vec<_>>().into_boxed_slice());
         extract(owned, &prefixes()).map(|c| c.map(|(c, _)| c))
     }
 
@@ -219,10 +205,7 @@ mod tests {
     }
 
     fn key(key: &'static str, account: Option<&'static str>) -> Result<Option<Credential<'static>>, Malformed> {
-        Ok(Some(Credential::ApiKey {
-            key,
-            prefix_account: account,
-        }))
+        Ok(Some(Credential::ApiKey { key, prefix_account: account }))
     }
 
     #[test]
@@ -232,14 +215,8 @@ mod tests {
 
     #[test]
     fn bearer_secret_key_splits_account_at_last_underscore() {
-        assert_eq!(
-            one("authorization", "Bearer sk_live_acme_s3cr3t"),
-            key("sk_live_acme_s3cr3t", Some("acme"))
-        );
-        assert_eq!(
-            one("Authorization", "bearer sk_test_big_co_x1"),
-            key("sk_test_big_co_x1", Some("big_co"))
-        );
+        assert_eq!(one("authorization", "Bearer sk_live_acme_s3cr3t"), key("sk_live_acme_s3cr3t", Some("acme")));
+        assert_eq!(one("Authorization", "bearer sk_test_big_co_x1"), key("sk_test_big_co_x1", Some("big_co")));
         assert_eq!(one("authorization", "Bearer sk_live__x"), key("sk_live__x", Some("")));
         assert_eq!(one("authorization", "Bearer sk_live_acme"), Err(Malformed::KeyShape));
         assert_eq!(one("authorization", "Bearer sk_live_acme_"), Err(Malformed::KeyShape));
@@ -248,10 +225,7 @@ mod tests {
     #[test]
     fn userkey_and_x_api_key_accept_opaque_and_prefixed_keys() {
         assert_eq!(one("authorization", "UserKey opaque-123"), key("opaque-123", None));
-        assert_eq!(
-            one("authorization", "USERKEY sk_live_acme_s"),
-            key("sk_live_acme_s", Some("acme"))
-        );
+        assert_eq!(one("authorization", "USERKEY sk_live_acme_s"), key("sk_live_acme_s", Some("acme")));
         assert_eq!(one("x-api-key", "  opaque-123\t"), key("opaque-123", None));
         assert_eq!(one("X-Api-Key", "sk_live_acme_s"), key("sk_live_acme_s", Some("acme")));
     }
@@ -269,21 +243,9 @@ mod tests {
 
     #[test]
     fn jwt_shapes() {
-        assert_eq!(
-            one("authorization", "Bearer aGk.eyJ9.c2ln"),
-            Ok(Some(Credential::Jwt("aGk.eyJ9.c2ln")))
-        );
-        assert_eq!(
-            one("authorization", "Bearer aGk.eyJ9."),
-            Ok(Some(Credential::Jwt("aGk.eyJ9.")))
-        );
-        for bad in [
-            "Bearer aGk.eyJ9",
-            "Bearer a.b.c.d",
-            "Bearer .b.c",
-            "Bearer a+b.c.d",
-            "Bearer opaque",
-        ] {
+        assert_eq!(one("authorization", "Bearer aGk.eyJ9.c2ln"), Ok(Some(Credential::Jwt("aGk.eyJ9.c2ln"))));
+        assert_eq!(one("authorization", "Bearer aGk.eyJ9."), Ok(Some(Credential::Jwt("aGk.eyJ9."))));
+        for bad in ["Bearer aGk.eyJ9", "Bearer a.b.c.d", "Bearer .b.c", "Bearer a+b.c.d", "Bearer opaque"] {
             assert_eq!(one("authorization", bad), Err(Malformed::UnrecognisedToken), "{bad}");
         }
     }
@@ -300,10 +262,7 @@ mod tests {
             assert_eq!(parse(headers), Err(Malformed::Ambiguous), "{headers:?}");
         }
         // Even when one of them is empty or broken: no fallback.
-        assert_eq!(
-            parse(&[("x-api-key", b""), ("authorization", b"UserKey k")]),
-            Err(Malformed::Ambiguous)
-        );
+        assert_eq!(parse(&[("x-api-key", b""), ("authorization", b"UserKey k")]), Err(Malformed::Ambiguous));
     }
 
     #[test]
@@ -311,20 +270,14 @@ mod tests {
         assert_eq!(one("x-api-key", "   "), Err(Malformed::Empty));
         assert_eq!(one("authorization", "Bearer"), Err(Malformed::UnknownScheme));
         assert_eq!(one("authorization", "Bearer   "), Err(Malformed::UnknownScheme));
-        assert_eq!(
-            one("authorization", "Basic dXNlcjpwdw=="),
-            Err(Malformed::UnknownScheme)
-        );
+        assert_eq!(one("authorization", "Basic dXNlcjpwdw=="), Err(Malformed::UnknownScheme));
         assert_eq!(one("authorization", "Bearer a b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "a b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "a\u{7f}b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "a\u{1}b"), Err(Malformed::BadCharacter));
         assert_eq!(one("x-api-key", "clé"), Err(Malformed::BadCharacter));
         assert_eq!(parse(&[("x-api-key", b"\xff\xfe")]), Err(Malformed::NotUtf8));
-        assert_eq!(
-            one("x-api-key", &"k".repeat(MAX_VALUE_LEN + 1)),
-            Err(Malformed::TooLong)
-        );
+        assert_eq!(one("x-api-key", &"k".repeat(MAX_VALUE_LEN + 1)), Err(Malformed::TooLong));
         let longest: &'static str = "k".repeat(MAX_VALUE_LEN).leak();
         assert_eq!(one("x-api-key", longest), key(longest, None));
     }

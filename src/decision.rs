@@ -4,6 +4,7 @@ use crate::api_key::ApiKey;
 use crate::config::Policy;
 use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
+use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota, SharedStore};
 use crate::route::{self, Auth, CredentialKind, Route};
 
 /// What the decision reads of a request.
@@ -43,21 +44,38 @@ pub struct Decision<'p> {
     pub key_id: Option<&'p str>,
     /// Why the credential was malformed, for logs.
     pub malformed: Option<Malformed>,
+    /// The rate-limit step, when the caller has a plan.
+    pub rate: Option<ChargeResult>,
 }
 
 impl<'p> Decision<'p> {
     fn new(route: Option<usize>, verdict: Verdict<'p>) -> Self {
-        Self {
-            route,
-            verdict,
-            key_id: None,
-            malformed: None,
+        Self { route, verdict, key_id: None, malformed: None, rate: None }
+    }
+
+    /// The caller's most constrained bucket, for `x-ratelimit-*`.
+    pub fn quota(&self) -> Option<Quota> {
+        match self.rate?.charge {
+            Charge::Admitted(quota) | Charge::Limited { quota, .. } => Some(quota),
+            Charge::TableFull | Charge::Contended => None,
         }
     }
 }
 
-/// Decides a request. `now_s` is the current Unix time in seconds.
-pub fn decide<'p, N, V>(policy: &'p Policy, request: &Request<'_, N, V>, now_s: u64) -> Decision<'p>
+/// Whose buckets a verified caller draws from.
+struct RateSubject {
+    plan: Option<PlanId>,
+    caller: CallerId,
+}
+
+/// Decides a request at `now_ns` (Unix nanoseconds); `store` holds the
+/// callers' token buckets.
+pub fn decide<'p, N, V>(
+    policy: &'p Policy,
+    request: &Request<'_, N, V>,
+    now_ns: u64,
+    store: &dyn SharedStore,
+) -> Decision<'p>
 where
     N: AsRef<str>,
     V: AsRef<[u8]>,
@@ -69,10 +87,7 @@ where
     let deny = |denial: Denial| Decision::new(route_index, Verdict::Deny(denial));
     let credential = match credential::extract(request.headers, &policy.prefixes) {
         Err(why) => {
-            return Decision {
-                malformed: Some(why),
-                ..deny(Code::MalformedCredentials.into())
-            };
+            return Decision { malformed: Some(why), ..deny(Code::MalformedCredentials.into()) };
         }
         Ok(None) if route.auth == Auth::Optional => {
             return Decision::new(route_index, Verdict::Allow(None));
@@ -82,13 +97,13 @@ where
     };
     match credential {
         Credential::ApiKey { key, prefix_account } => {
-            let (key_id, verdict) = match check_api_key(policy, key, prefix_account, now_s) {
-                Ok(key) => (Some(key.id.as_str()), authorize(policy, route, identity_of(key))),
-                Err((key, denial)) => (key.map(|k| k.id.as_str()), Verdict::Deny(denial)),
-            };
-            Decision {
-                key_id,
-                ..Decision::new(route_index, verdict)
+            match check_api_key(policy, key, prefix_account, now_ns / NANOS) {
+                Ok(key) => {
+                    let subject = RateSubject { plan: key.plan.or(policy.default_plan), caller: key.caller };
+                    let decision = admit(policy, route, identity_of(key), &subject, now_ns, store);
+                    Decision { key_id: Some(key.id.as_str()), route: route_index, ..decision }
+                }
+                Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..deny(denial) },
             }
         }
         Credential::Publishable => deny(Denial::with_message(
@@ -125,6 +140,33 @@ fn check_api_key<'p>(policy: &'p Policy, key: &str, prefix_account: Option<&str>
     Ok(found)
 }
 
+const NANOS: u64 = 1_000_000_000;
+
+/// Rows 12–15 for a verified caller: the route's rules, then its buckets.
+fn admit<'p>(
+    policy: &'p Policy,
+    route: &Route,
+    identity: Identity<'p>,
+    subject: &RateSubject,
+    now_ns: u64,
+    store: &dyn SharedStore,
+) -> Decision<'p> {
+    let verdict = authorize(policy, route, identity);
+    let plan = subject.plan.and_then(|id| policy.plans.get(id));
+    let (Verdict::Allow(_), Some(plan)) = (&verdict, plan) else {
+        return Decision::new(None, verdict);
+    };
+    let result = rate_limit::charge(store, plan, subject.caller, now_ns);
+    let verdict = match result.charge {
+        Charge::Admitted(_) => verdict,
+        Charge::Limited { retry_after_s, .. } => Verdict::Deny(Denial::rate_limited(retry_after_s)),
+        // Fail closed: a caller the table cannot hold, or a store too
+        // contended to update, is refused rather than waved through.
+        Charge::TableFull | Charge::Contended => Verdict::Deny(Denial::rate_limited(1)),
+    };
+    Decision { rate: Some(result), ..Decision::new(None, verdict) }
+}
+
 fn identity_of(key: &ApiKey) -> Identity<'_> {
     Identity {
         org: &key.org,
@@ -155,6 +197,7 @@ mod tests {
     use super::*;
     use crate::api_key::KeyHasher;
     use crate::config::{parse, Environment};
+    use crate::rate_limit::MemoryStore;
 
     struct Pepper;
     impl Environment for Pepper {
@@ -163,7 +206,7 @@ mod tests {
         }
     }
 
-    const NOW: u64 = 1_800_000_000;
+    const NOW: u64 = 1_800_000_000 * NANOS;
 
     fn hash(key: &str) -> String {
         KeyHasher::new(b"pepper").unwrap().hash(key).to_hex()
@@ -200,19 +243,9 @@ mod tests {
     }
 
     fn run<'p>(policy: &'p Policy, path: &str, headers: &[(&str, &str)]) -> Decision<'p> {
-        let headers: Vec<(String, Vec<u8>)> = headers
-            .iter()
-            .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
-            .collect();
-        decide(
-            policy,
-            &Request {
-                method: "GET",
-                path,
-                headers: &headers,
-            },
-            NOW,
-        )
+        let headers: Vec<(String, Vec<u8>)> =
+            headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
+        decide(policy, &Request { method: "GET", path, headers: &headers }, NOW, &MemoryStore::default())
     }
 
     fn code(policy: &Policy, path: &str, headers: &[(&str, &str)]) -> Option<&'static str> {
@@ -248,75 +281,33 @@ mod tests {
                 }))
             );
         }
-        assert!(matches!(
-            run(&p, "/x", &[("x-api-key", "opaque-key")]).verdict,
-            Verdict::Allow(Some(_))
-        ));
+        assert!(matches!(run(&p, "/x", &[("x-api-key", "opaque-key")]).verdict, Verdict::Allow(Some(_))));
     }
 
     #[test]
     fn decision_table_rows_for_api_keys() {
         let p = policy();
         let b = bearer;
-        assert_eq!(
-            code(&p, "/x", &[("x-api-key", "a"), ("x-api-key", "b")]),
-            Some("malformed_credentials")
-        );
-        assert_eq!(
-            code(&p, "/x", &[("authorization", "Basic Zm9vOmJhcg==")]),
-            Some("malformed_credentials")
-        );
+        assert_eq!(code(&p, "/x", &[("x-api-key", "a"), ("x-api-key", "b")]), Some("malformed_credentials"));
+        assert_eq!(code(&p, "/x", &[("authorization", "Basic Zm9vOmJhcg==")]), Some("malformed_credentials"));
         assert_eq!(code(&p, "/x", &[]), Some("missing_authentication"));
-        assert_eq!(
-            code(&p, "/x", &[("authorization", &b("sk_live_ACME_good"))]),
-            Some("invalid_account")
-        );
-        assert_eq!(
-            code(&p, "/x", &[("authorization", &b("sk_live_acme_wrong"))]),
-            Some("invalid_api_key")
-        );
+        assert_eq!(code(&p, "/x", &[("authorization", &b("sk_live_ACME_good"))]), Some("invalid_account"));
+        assert_eq!(code(&p, "/x", &[("authorization", &b("sk_live_acme_wrong"))]), Some("invalid_api_key"));
         // The right secret under another account's prefix is not that key.
-        assert_eq!(
-            code(&p, "/x", &[("authorization", "UserKey sk_live_other_good")]),
-            Some("invalid_api_key")
-        );
-        assert_eq!(
-            code(&p, "/x", &[("authorization", &b("sk_live_acme_old"))]),
-            Some("expired_api_key")
-        );
-        assert_eq!(
-            code(&p, "/x", &[("authorization", &b("sk_live_acme_gone"))]),
-            Some("revoked_api_key")
-        );
-        assert_eq!(
-            code(&p, "/x", &[("authorization", &b("pk_live_acme_x"))]),
-            Some("invalid_api_key")
-        );
-        assert_eq!(
-            code(&p, "/x", &[("authorization", &b("sk_live_kataven-admin_root"))]),
-            Some("account_forbidden")
-        );
+        assert_eq!(code(&p, "/x", &[("authorization", "UserKey sk_live_other_good")]), Some("invalid_api_key"));
+        assert_eq!(code(&p, "/x", &[("authorization", &b("sk_live_acme_old"))]), Some("expired_api_key"));
+        assert_eq!(code(&p, "/x", &[("authorization", &b("sk_live_acme_gone"))]), Some("revoked_api_key"));
+        assert_eq!(code(&p, "/x", &[("authorization", &b("pk_live_acme_x"))]), Some("invalid_api_key"));
+        assert_eq!(code(&p, "/x", &[("authorization", &b("sk_live_kataven-admin_root"))]), Some("account_forbidden"));
         assert_eq!(
             code(&p, "/jwt-only", &[("authorization", &b("sk_live_acme_good"))]),
             Some("credential_not_allowed")
         );
-        assert_eq!(
-            code(&p, "/agents", &[("x-api-key", "opaque-key")]),
-            Some("insufficient_scope")
-        );
+        assert_eq!(code(&p, "/agents", &[("x-api-key", "opaque-key")]), Some("insufficient_scope"));
         assert_eq!(code(&p, "/agents", &[("x-api-key", "sk_live_acme_good")]), None);
-        assert_eq!(
-            code(&p, "/admin", &[("authorization", &b("sk_live_kataven-admin_root"))]),
-            None
-        );
-        assert_eq!(
-            code(&p, "/admin", &[("authorization", &b("sk_live_acme_good"))]),
-            Some("insufficient_scope")
-        );
-        assert_eq!(
-            code(&p, "/x", &[("authorization", "Bearer aGk.eyJ9.c2ln")]),
-            Some("invalid_token")
-        );
+        assert_eq!(code(&p, "/admin", &[("authorization", &b("sk_live_kataven-admin_root"))]), None);
+        assert_eq!(code(&p, "/admin", &[("authorization", &b("sk_live_acme_good"))]), Some("insufficient_scope"));
+        assert_eq!(code(&p, "/x", &[("authorization", "Bearer aGk.eyJ9.c2ln")]), Some("invalid_token"));
     }
 
     #[test]
@@ -324,14 +315,7 @@ mod tests {
         let p = policy();
         // Ambiguity is refused even when one of the credentials is good.
         assert_eq!(
-            code(
-                &p,
-                "/x",
-                &[
-                    ("authorization", "Bearer sk_live_acme_good"),
-                    ("x-api-key", "opaque-key")
-                ]
-            ),
+            code(&p, "/x", &[("authorization", "Bearer sk_live_acme_good"), ("x-api-key", "opaque-key")]),
             Some("malformed_credentials")
         );
         // An unknown key on a JWT-only route is an invalid key, not a disallowed kind.
@@ -344,15 +328,9 @@ mod tests {
     #[test]
     fn public_and_optional_routes() {
         let p = policy();
-        assert_eq!(
-            run(&p, "/public/x", &[("x-api-key", "a"), ("x-api-key", "b")]).verdict,
-            Verdict::Allow(None)
-        );
+        assert_eq!(run(&p, "/public/x", &[("x-api-key", "a"), ("x-api-key", "b")]).verdict, Verdict::Allow(None));
         assert_eq!(run(&p, "/maybe", &[]).verdict, Verdict::Allow(None));
-        assert!(matches!(
-            run(&p, "/maybe", &[("x-api-key", "opaque-key")]).verdict,
-            Verdict::Allow(Some(_))
-        ));
+        assert!(matches!(run(&p, "/maybe", &[("x-api-key", "opaque-key")]).verdict, Verdict::Allow(Some(_))));
         assert_eq!(code(&p, "/maybe", &[("x-api-key", "bad")]), Some("invalid_api_key"));
         // A public prefix cannot be stretched into a protected path.
         assert_eq!(code(&p, "/public/../agents", &[]), Some("missing_authentication"));
@@ -363,20 +341,55 @@ mod tests {
     fn expiry_is_exact_to_the_second() {
         let p = policy();
         let headers = [("authorization".to_owned(), b"Bearer sk_live_acme_old".to_vec())];
-        let at = |now| {
-            decide(
-                &p,
-                &Request {
-                    method: "GET",
-                    path: "/",
-                    headers: &headers,
-                },
-                now,
-            )
-            .verdict
-        };
-        let expiry = crate::api_key::parse_timestamp("2020-01-01T00:00:00Z").unwrap();
+        let store = MemoryStore::default();
+        let at = |now| decide(&p, &Request { method: "GET", path: "/", headers: &headers }, now, &store).verdict;
+        let expiry = crate::api_key::parse_timestamp("2020-01-01T00:00:00Z").unwrap() * NANOS;
         assert!(matches!(at(expiry - 1), Verdict::Allow(_)));
         assert!(matches!(at(expiry), Verdict::Deny(d) if d.code == Code::ExpiredApiKey));
+    }
+
+    fn limited_policy() -> Policy {
+        let json = format!(
+            r#"{{
+              "api_keys": {{"keys": [
+                {{"id":"k_std","hash":"{}","org":"o","account":"acme"}},
+                {{"id":"k_gold","hash":"{}","org":"o","account":"acme","plan":"gold"}},
+                {{"id":"k_free","hash":"{}","org":"o","account":"acme","scopes":["s"]}}
+              ]}},
+              "rate_limits": {{
+                "plans": {{"standard": [{{"name":"burst","requests":2,"per_s":10}}],
+                           "gold": [{{"name":"burst","requests":5,"per_s":10}}]}},
+                "default_plan": "standard"
+              }},
+              "routes": [{{"prefix":"/scoped","scopes":["s"]}}]
+            }}"#,
+            hash("std-key"),
+            hash("gold-key"),
+            hash("free-key")
+        );
+        parse(json.as_bytes(), &Pepper).unwrap()
+    }
+
+    #[test]
+    fn plans_limit_verified_callers_only() {
+        let p = limited_policy();
+        let store = MemoryStore::default();
+        let codes = |key: &str, path: &str, n: usize| -> Vec<&'static str> {
+            let headers = [("x-api-key".to_owned(), key.as_bytes().to_vec())];
+            (0..n)
+                .map(|_| match decide(&p, &Request { method: "GET", path, headers: &headers }, NOW, &store).verdict {
+                    Verdict::Allow(_) => "ok",
+                    Verdict::Deny(d) => d.code.as_str(),
+                })
+                .collect()
+        };
+        assert_eq!(codes("std-key", "/x", 3), ["ok", "ok", "rate_limited"]);
+        assert_eq!(codes("gold-key", "/x", 6), ["ok", "ok", "ok", "ok", "ok", "rate_limited"]);
+        // Failures before row 15 answer first and never drain a bucket.
+        assert_eq!(codes("free-key", "/scoped", 1), ["ok"]);
+        assert_eq!(codes("std-key", "/scoped", 3), ["insufficient_scope"; 3]);
+        assert_eq!(codes("wrong-key", "/x", 3), ["invalid_api_key"; 3]);
+        let d = run(&p, "/x", &[("x-api-key", "std-key")]);
+        assert_eq!(d.quota().map(|q| (q.limit, q.remaining)), Some((2, 1)));
     }
 }

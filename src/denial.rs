@@ -112,20 +112,17 @@ pub struct Denial {
 
 impl From<Code> for Denial {
     fn from(code: Code) -> Self {
-        Self {
-            code,
-            message: code.default_message(),
-            retry_after: None,
-        }
+        Self { code, message: code.default_message(), retry_after: None }
     }
 }
 
 impl Denial {
     pub fn with_message(code: Code, message: &'static str) -> Self {
-        Self {
-            message,
-            ..Self::from(code)
-        }
+        Self { message, ..Self::from(code) }
+    }
+
+    pub fn rate_limited(retry_after_s: u64) -> Self {
+        Self { retry_after: Some(retry_after_s.max(1)), ..Self::from(Code::RateLimited) }
     }
 }
 
@@ -155,11 +152,7 @@ pub const REALM: &str = "edge-auth";
 impl Denial {
     pub fn reply(&self) -> Reply {
         let body = Body {
-            error: ErrorBody {
-                code: self.code.as_str(),
-                message: self.message,
-                retry_after: self.retry_after,
-            },
+            error: ErrorBody { code: self.code.as_str(), message: self.message, retry_after: self.retry_after },
         };
         // Serialising plain strings and integers cannot fail.
         let body = serde_json::to_string(&body).unwrap_or_default();
@@ -170,21 +163,14 @@ impl Denial {
         if let Some(seconds) = self.retry_after {
             headers.push(("retry-after", seconds.to_string()));
         }
-        Reply {
-            status: self.code.status(),
-            headers,
-            body,
-        }
+        Reply { status: self.code.status(), headers, body }
     }
 
     /// RFC 6750 §3: no error attribute when no credential was presented.
     fn challenge(&self) -> String {
         match self.code {
             Code::MissingAuthentication => format!("Bearer realm=\"{REALM}\""),
-            _ => format!(
-                "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"",
-                self.message
-            ),
+            _ => format!("Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{}\"", self.message),
         }
     }
 }
@@ -222,20 +208,12 @@ mod tests {
     fn replies_are_json_with_challenges_on_401() {
         let reply = Denial::from(Code::InvalidApiKey).reply();
         assert_eq!(reply.status, 401);
-        assert_eq!(
-            reply.body,
-            r#"{"error":{"code":"invalid_api_key","message":"The API key is not valid."}}"#
-        );
+        assert_eq!(reply.body, r#"{"error":{"code":"invalid_api_key","message":"The API key is not valid."}}"#);
         assert!(reply.headers.contains(&("content-type", "application/json".into())));
-        assert!(reply
-            .headers
-            .iter()
-            .any(|(n, v)| *n == "www-authenticate" && v.contains("error=\"invalid_token\"")));
+        assert!(reply.headers.iter().any(|(n, v)| *n == "www-authenticate" && v.contains("error=\"invalid_token\"")));
 
         let missing = Denial::from(Code::MissingAuthentication).reply();
-        assert!(missing
-            .headers
-            .contains(&("www-authenticate", "Bearer realm=\"edge-auth\"".into())));
+        assert!(missing.headers.contains(&("www-authenticate", "Bearer realm=\"edge-auth\"".into())));
 
         let forbidden = Denial::from(Code::AccountForbidden).reply();
         assert!(forbidden.headers.iter().all(|(n, _)| *n != "www-authenticate"));
@@ -243,10 +221,7 @@ mod tests {
 
     #[test]
     fn rate_limited_replies_carry_retry_after() {
-        let denial = Denial {
-            retry_after: Some(3),
-            ..Denial::from(Code::RateLimited)
-        };
+        let denial = Denial { retry_after: Some(3), ..Denial::from(Code::RateLimited) };
         let reply = denial.reply();
         assert_eq!(reply.status, 429);
         assert!(reply.body.ends_with(r#""retry_after":3}}"#));

@@ -76,19 +76,10 @@ mod tests {
             expires_at: None,
         };
         let new = mint(spec, &hasher).unwrap();
-        let prefixes = Prefixes {
-            secret: vec!["sk_live_".into()],
-            public: vec![],
-        };
+        let prefixes = Prefixes { secret: vec!["sk_live_".into()], public: vec![] };
         let headers = [("x-api-key", new.key.as_bytes())];
         let parsed = extract(&headers, &prefixes).unwrap().unwrap().0;
-        assert_eq!(
-            parsed,
-            Credential::ApiKey {
-                key: &new.key,
-                prefix_account: Some("big_co")
-            }
-        );
+        assert_eq!(parsed, Credential::ApiKey { key: &new.key, prefix_account: Some("big_co") });
         assert_eq!(new.record.hash, hasher.hash(&new.key).to_hex());
         assert!(new.record.id.starts_with("key_") && new.record.id.len() == 4 + ID_LEN);
     }

@@ -26,9 +26,7 @@ impl CredentialKind {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [CredentialKind::ApiKey, CredentialKind::Jwt]
-            .into_iter()
-            .find(|k| k.as_str() == text)
+        [CredentialKind::ApiKey, CredentialKind::Jwt].into_iter().find(|k| k.as_str() == text)
     }
 }
 
@@ -162,10 +160,7 @@ mod tests {
 
     #[test]
     fn first_match_wins_and_default_requires_auth() {
-        let routes = vec![
-            route(PathMatch::Prefix("/a".into()), &["GET"]),
-            route(PathMatch::Prefix("/a".into()), &[]),
-        ];
+        let routes = vec![route(PathMatch::Prefix("/a".into()), &["GET"]), route(PathMatch::Prefix("/a".into()), &[])];
         assert_eq!(find(&routes, "/a/x?q=1", "GET").0, Some(0));
         assert_eq!(find(&routes, "/a/x", "POST").0, Some(1));
         let (index, default) = find(&routes, "/b", "GET");

@@ -73,9 +73,7 @@ fn key_new(args: &[&str]) -> Result<(), Failure> {
             json = true;
             continue;
         }
-        let value = rest
-            .next()
-            .ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))?;
+        let value = rest.next().ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))?;
         match *flag {
             "--account" => spec.account = value.to_string(),
             "--org" => spec.org = value.to_string(),
@@ -116,9 +114,7 @@ fn key_new(args: &[&str]) -> Result<(), Failure> {
 fn key_hash(key: &str) -> Result<(), Failure> {
     let key = if key == "-" {
         let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .map_err(|e| Failure::Failed(format!("stdin: {e}")))?;
+        std::io::stdin().read_to_string(&mut text).map_err(|e| Failure::Failed(format!("stdin: {e}")))?;
         text.trim().to_owned()
     } else {
         key.to_owned()

@@ -58,15 +58,7 @@ pub const SHADOW_HEADER: &str = "x-edge-auth-shadow";
 impl IdentityHeaders {
     /// Every header a client may not send: the identity ones and the shadow verdict.
     pub fn owned(&self) -> [&str; 7] {
-        [
-            &self.org,
-            &self.account,
-            &self.key_id,
-            &self.subject,
-            &self.scopes,
-            &self.method,
-            SHADOW_HEADER,
-        ]
+        [&self.org, &self.account, &self.key_id, &self.subject, &self.scopes, &self.method, SHADOW_HEADER]
     }
 }
 
@@ -89,11 +81,7 @@ impl Policy {
         };
         let plan_ref = |name: &Option<String>, field: &str| -> Result<Option<PlanId>, ConfigError> {
             name.as_ref()
-                .map(|n| {
-                    plans
-                        .id(n)
-                        .ok_or_else(|| ConfigError::new(field, format!("unknown plan '{n}'")))
-                })
+                .map(|n| plans.id(n).ok_or_else(|| ConfigError::new(field, format!("unknown plan '{n}'"))))
                 .transpose()
         };
         let rl = doc.rate_limits.as_ref();
@@ -103,10 +91,7 @@ impl Policy {
         let (prefixes, api_keys) = match &doc.api_keys {
             None => (default_prefixes(), None),
             Some(ak) => {
-                let prefixes = Prefixes {
-                    secret: ak.secret_prefixes.clone(),
-                    public: ak.public_prefixes.clone(),
-                };
+                let prefixes = Prefixes { secret: ak.secret_prefixes.clone(), public: ak.public_prefixes.clone() };
                 check_prefixes(&prefixes)?;
                 let pepper = env.var(&ak.pepper_env).filter(|p| !p.is_empty()).ok_or_else(|| {
                     ConfigError::new(
@@ -116,16 +101,9 @@ impl Policy {
                 })?;
                 let hasher = KeyHasher::new(pepper.as_bytes())
                     .map_err(|_| ConfigError::new("api_keys.pepper_env", "unusable pepper"))?;
-                let rules = RecordRules {
-                    account_ok: &|a| accounts.is_valid(a),
-                    plans: &plans,
-                };
+                let rules = RecordRules { account_ok: &|a| accounts.is_valid(a), plans: &plans };
                 let inline = KeySet::build(&ak.keys, &ak.revoked, &rules, "api_keys")?;
-                let source = ak
-                    .source
-                    .as_ref()
-                    .map(|s| compile_source(s, "api_keys.source", 1.0))
-                    .transpose()?;
+                let source = ak.source.as_ref().map(|s| compile_source(s, "api_keys.source", 1.0)).transpose()?;
                 (prefixes, Some(ApiKeys { hasher, inline, source }))
             }
         };
@@ -159,10 +137,7 @@ impl Policy {
 }
 
 fn default_prefixes() -> Prefixes {
-    Prefixes {
-        secret: vec!["sk_live_".into(), "sk_test_".into()],
-        public: vec!["pk_live_".into(), "pk_test_".into()],
-    }
+    Prefixes { secret: vec!["sk_live_".into(), "sk_test_".into()], public: vec!["pk_live_".into(), "pk_test_".into()] }
 }
 
 fn check_prefixes(prefixes: &Prefixes) -> Result<(), ConfigError> {
@@ -171,27 +146,15 @@ fn check_prefixes(prefixes: &Prefixes) -> Result<(), ConfigError> {
         .iter()
         .enumerate()
         .map(|(i, p)| (format!("api_keys.secret_prefixes[{i}]"), p))
-        .chain(
-            prefixes
-                .public
-                .iter()
-                .enumerate()
-                .map(|(i, p)| (format!("api_keys.public_prefixes[{i}]"), p)),
-        );
+        .chain(prefixes.public.iter().enumerate().map(|(i, p)| (format!("api_keys.public_prefixes[{i}]"), p)));
     let all: Vec<_> = all.collect();
     for (i, (path, prefix)) in all.iter().enumerate() {
         if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
             return Err(ConfigError::new(path.as_str(), "a prefix is non-empty visible ASCII"));
         }
-        let clash = all
-            .iter()
-            .enumerate()
-            .any(|(j, (_, other))| i != j && other.starts_with(prefix.as_str()));
+        let clash = all.iter().enumerate().any(|(j, (_, other))| i != j && other.starts_with(prefix.as_str()));
         if clash {
-            return Err(ConfigError::new(
-                path.as_str(),
-                format!("'{prefix}' overlaps another prefix"),
-            ));
+            return Err(ConfigError::new(path.as_str(), format!("'{prefix}' overlaps another prefix")));
         }
     }
     Ok(())
@@ -200,26 +163,12 @@ fn check_prefixes(prefixes: &Prefixes) -> Result<(), ConfigError> {
 /// A header name we may set: lower-case token characters, not one Envoy or
 /// the credential grammar owns.
 fn check_header_name(name: &str, path: &str) -> Result<(), ConfigError> {
-    let token = !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
     if !token {
-        return Err(ConfigError::new(
-            path,
-            "a header name is lower-case letters, digits and '-'",
-        ));
+        return Err(ConfigError::new(path, "a header name is lower-case letters, digits and '-'"));
     }
-    const RESERVED: [&str; 8] = [
-        AUTHORIZATION,
-        X_API_KEY,
-        "host",
-        "content-length",
-        "content-type",
-        "transfer-encoding",
-        "connection",
-        "te",
-    ];
+    const RESERVED: [&str; 8] =
+        [AUTHORIZATION, X_API_KEY, "host", "content-length", "content-type", "transfer-encoding", "connection", "te"];
     if RESERVED.contains(&name) {
         return Err(ConfigError::new(path, format!("'{name}' cannot be an identity header")));
     }
@@ -255,16 +204,10 @@ fn compile_identity_headers(doc: &IdentityHeadersDoc) -> Result<IdentityHeaders,
 
 fn compile_source(doc: &SourceDoc, path: &str, default_refresh_s: f64) -> Result<Source, ConfigError> {
     if doc.cluster.is_empty() {
-        return Err(ConfigError::new(
-            format!("{path}.cluster"),
-            "names the Envoy cluster to fetch from",
-        ));
+        return Err(ConfigError::new(format!("{path}.cluster"), "names the Envoy cluster to fetch from"));
     }
     if !doc.path.starts_with('/') || !is_header_safe(&doc.path) || doc.path.contains(' ') {
-        return Err(ConfigError::new(
-            format!("{path}.path"),
-            "an absolute request path like /v1/keys",
-        ));
+        return Err(ConfigError::new(format!("{path}.path"), "an absolute request path like /v1/keys"));
     }
     let seconds = doc.refresh_s.unwrap_or(default_refresh_s);
     let refresh = Duration::try_from_secs_f64(seconds)
@@ -273,18 +216,10 @@ fn compile_source(doc: &SourceDoc, path: &str, default_refresh_s: f64) -> Result
         .ok_or_else(|| {
             ConfigError::new(
                 format!("{path}.refresh_s"),
-                format!(
-                    "must be {} to {} seconds",
-                    MIN_REFRESH.as_secs_f64(),
-                    MAX_REFRESH.as_secs()
-                ),
+                format!("must be {} to {} seconds", MIN_REFRESH.as_secs_f64(), MAX_REFRESH.as_secs()),
             )
         })?;
-    Ok(Source {
-        cluster: doc.cluster.clone(),
-        path: doc.path.clone(),
-        refresh,
-    })
+    Ok(Source { cluster: doc.cluster.clone(), path: doc.path.clone(), refresh })
 }
 
 fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigError> {
@@ -320,20 +255,13 @@ fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigError>
             })
             .collect::<Result<Vec<_>, _>>()?;
         if doc.jwks.is_none() && doc.jwks_source.is_none() {
-            return Err(ConfigError::new(
-                at("jwks"),
-                "a provider needs jwks, jwks_source, or both",
-            ));
+            return Err(ConfigError::new(at("jwks"), "a provider needs jwks, jwks_source, or both"));
         }
         let keys = match &doc.jwks {
             Some(set) => compile_jwks(set, &at("jwks"))?,
             None => Vec::new(),
         };
-        let jwks_source = doc
-            .jwks_source
-            .as_ref()
-            .map(|s| compile_source(s, &at("jwks_source"), 300.0))
-            .transpose()?;
+        let jwks_source = doc.jwks_source.as_ref().map(|s| compile_source(s, &at("jwks_source"), 300.0)).transpose()?;
         for (field, claim) in [
             ("org_claim", &doc.org_claim),
             ("accounts_claim", &doc.accounts_claim),
@@ -347,10 +275,7 @@ fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigError>
             check_header_name(header, &at("account_header"))?;
         }
         if doc.clock_skew_s > MAX_CLOCK_SKEW_S {
-            return Err(ConfigError::new(
-                at("clock_skew_s"),
-                format!("at most {MAX_CLOCK_SKEW_S} seconds"),
-            ));
+            return Err(ConfigError::new(at("clock_skew_s"), format!("at most {MAX_CLOCK_SKEW_S} seconds")));
         }
         providers.push(Provider {
             name: doc.name.clone(),
@@ -378,17 +303,11 @@ fn compile_route(doc: &RouteDoc, at: &str) -> Result<Route, ConfigError> {
     let (PathMatch::Prefix(text) | PathMatch::Exact(text)) = &path;
     if !text.starts_with('/') || text.contains(['?', '#']) || !is_header_safe(text) {
         let field = if doc.prefix.is_some() { "prefix" } else { "path" };
-        return Err(ConfigError::new(
-            format!("{at}.{field}"),
-            "an absolute path without query or fragment",
-        ));
+        return Err(ConfigError::new(format!("{at}.{field}"), "an absolute path without query or fragment"));
     }
     for (i, method) in doc.methods.iter().enumerate() {
         if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-            return Err(ConfigError::new(
-                format!("{at}.methods[{i}]"),
-                "an upper-case HTTP method",
-            ));
+            return Err(ConfigError::new(format!("{at}.methods[{i}]"), "an upper-case HTTP method"));
         }
     }
     let credentials = doc
@@ -396,10 +315,7 @@ fn compile_route(doc: &RouteDoc, at: &str) -> Result<Route, ConfigError> {
         .as_ref()
         .map(|kinds| {
             if kinds.is_empty() {
-                return Err(ConfigError::new(
-                    format!("{at}.credentials"),
-                    "empty: no credential could pass",
-                ));
+                return Err(ConfigError::new(format!("{at}.credentials"), "empty: no credential could pass"));
             }
             kinds
                 .iter()
@@ -414,10 +330,7 @@ fn compile_route(doc: &RouteDoc, at: &str) -> Result<Route, ConfigError> {
         .transpose()?;
     for (i, scope) in doc.scopes.iter().enumerate() {
         if scope.is_empty() || !scope.bytes().all(|b| b.is_ascii_graphic()) {
-            return Err(ConfigError::new(
-                format!("{at}.scopes[{i}]"),
-                "a scope is visible ASCII without spaces",
-            ));
+            return Err(ConfigError::new(format!("{at}.scopes[{i}]"), "a scope is visible ASCII without spaces"));
         }
     }
     let auth = match doc.auth {
@@ -482,10 +395,8 @@ mod tests {
     fn errors_name_the_field() {
         assert_eq!(err(r#"{}"#), "config: needs a credential source: api_keys or jwt");
         assert!(err(r#"{"api_keys":{},"routez":[]}"#).starts_with("routez: unknown field `routez`"));
-        assert!(
-            err(r#"{"api_keys":{"keys":[{"id":"a","hash":"x","org":"o","account":"a","scope":[]}]}}"#)
-                .starts_with("api_keys.keys[0].scope: unknown field `scope`")
-        );
+        assert!(err(r#"{"api_keys":{"keys":[{"id":"a","hash":"x","org":"o","account":"a","scope":[]}]}}"#)
+            .starts_with("api_keys.keys[0].scope: unknown field `scope`"));
         let bad_hash = format!(
             r#"{{"api_keys":{{"keys":[{{"id":"a","hash":"{HASH}","org":"o","account":"a"}},{{"id":"b","hash":"nothex","org":"o","account":"a"}}]}}}}"#
         );
@@ -505,10 +416,8 @@ mod tests {
             err(r#"{"api_keys":{},"routes":[{"prefix":"/a","credentials":["password"]}]}"#),
             "routes[0].credentials[0]: 'password' is not api_key or jwt"
         );
-        assert!(
-            err(r#"{"api_keys":{},"routes":[{"prefix":"/a","auth":"none","scopes":["x"]}]}"#)
-                .starts_with("routes[0].auth:")
-        );
+        assert!(err(r#"{"api_keys":{},"routes":[{"prefix":"/a","auth":"none","scopes":["x"]}]}"#)
+            .starts_with("routes[0].auth:"));
         assert_eq!(
             err(r#"{"api_keys":{},"identity_headers":{"org":"authorization"}}"#),
             "identity_headers.org: 'authorization' cannot be an identity header"
@@ -546,13 +455,7 @@ mod tests {
             }
         }
         let e = parse(br#"{"api_keys":{"pepper_env":"MY_PEPPER"}}"#, &Empty).unwrap_err();
-        assert_eq!(
-            e,
-            ConfigError::new(
-                "api_keys.pepper_env",
-                "environment variable MY_PEPPER is missing or empty"
-            )
-        );
+        assert_eq!(e, ConfigError::new("api_keys.pepper_env", "environment variable MY_PEPPER is missing or empty"));
         // A JWT-only policy needs no pepper.
         let jwt_only = r#"{"jwt":{"providers":[{"name":"a","issuer":"i","jwks":{"keys":[]}}]}}"#;
         assert!(parse(jwt_only.as_bytes(), &Empty).is_ok());

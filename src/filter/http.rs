@@ -1,6 +1,7 @@
 //! Per-request filter: reads the request headers, decides, applies the action.
 
 use super::metrics::Metrics;
+use super::shared::HostStore;
 use crate::action::{act, Action as Apply};
 use crate::config::{Mode, Policy};
 use crate::decision::{decide, Decision, Request, Verdict};
@@ -15,15 +16,13 @@ pub struct HttpFilter {
     context_id: u32,
     policy: Option<Rc<Policy>>,
     metrics: Option<Rc<Metrics>>,
+    /// Added to upstream's response (`x-ratelimit-*`).
+    response_headers: Vec<(&'static str, String)>,
 }
 
 impl HttpFilter {
     pub fn new(context_id: u32, policy: Option<Rc<Policy>>, metrics: Option<Rc<Metrics>>) -> Self {
-        Self {
-            context_id,
-            policy,
-            metrics,
-        }
+        Self { context_id, policy, metrics, response_headers: Vec::new() }
     }
 
     fn send(&self, reply: &Reply) -> Action {
@@ -34,6 +33,9 @@ impl HttpFilter {
 
     fn record(&self, policy: &Policy, decision: &Decision<'_>) {
         let Some(metrics) = &self.metrics else { return };
+        if let Some(rate) = &decision.rate {
+            metrics.rate_limit(rate);
+        }
         let Verdict::Deny(denial) = &decision.verdict else {
             metrics.allowed();
             return;
@@ -49,9 +51,7 @@ impl HttpFilter {
             if shadow { "shadow-deny" } else { "deny" },
             denial.code.as_str(),
             self.context_id,
-            decision
-                .route
-                .map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
+            decision.route.map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
             decision.key_id.unwrap_or("-"),
             decision.malformed.map_or_else(|| "-".to_owned(), |m| m.to_string()),
         );
@@ -71,29 +71,23 @@ impl HttpContext for HttpFilter {
         // Lossy, not empty: a path with stray bytes keeps its prefix, so it
         // still matches the route upstream will serve it under.
         let pseudo = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map_or(Cow::Borrowed(""), |(_, v)| String::from_utf8_lossy(v))
+            headers.iter().find(|(n, _)| n == name).map_or(Cow::Borrowed(""), |(_, v)| String::from_utf8_lossy(v))
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let now_s = self
+        let now_ns = self
             .get_current_time()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let request = Request {
-            method: &method,
-            path: &path,
-            headers: &headers,
-        };
-        let decision = decide(&policy, &request, now_s);
+            .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
+        let request = Request { method: &method, path: &path, headers: &headers };
+        let decision = decide(&policy, &request, now_ns, &HostStore);
         self.record(&policy, &decision);
 
         for name in policy.identity_headers.owned() {
             self.set_http_request_header(name, None);
         }
         match act(&policy, &decision) {
-            Apply::Forward { set, remove } => {
+            Apply::Forward { set, remove, response } => {
+                self.response_headers = response;
                 for name in remove {
                     self.set_http_request_header(name, None);
                 }
@@ -104,5 +98,12 @@ impl HttpContext for HttpFilter {
             }
             Apply::Reply(reply) => self.send(&reply),
         }
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            self.set_http_response_header(name, Some(&value));
+        }
+        Action::Continue
     }
 }

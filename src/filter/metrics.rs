@@ -3,6 +3,7 @@
 //! Envoy aggregates them into one counter per name.
 
 use crate::denial::Code;
+use crate::rate_limit::{Charge, ChargeResult};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
@@ -10,6 +11,9 @@ pub struct Metrics {
     allowed: u32,
     denied: [u32; Code::ALL.len()],
     shadow_denied: [u32; Code::ALL.len()],
+    cas_conflicts: u32,
+    table_full: u32,
+    contended: u32,
 }
 
 impl Metrics {
@@ -26,6 +30,9 @@ impl Metrics {
             allowed: counter("edge_auth.allowed")?,
             denied: per_code("edge_auth.denied")?,
             shadow_denied: per_code("edge_auth.shadow_denied")?,
+            cas_conflicts: counter("edge_auth.rate_limit.cas_conflicts")?,
+            table_full: counter("edge_auth.rate_limit.table_full")?,
+            contended: counter("edge_auth.rate_limit.contended")?,
         })
     }
 
@@ -39,6 +46,17 @@ impl Metrics {
 
     pub fn shadow_denied(&self, code: Code) {
         bump_code(&self.shadow_denied, code);
+    }
+
+    pub fn rate_limit(&self, result: &ChargeResult) {
+        if result.conflicts > 0 {
+            let _ = hostcalls::increment_metric(self.cas_conflicts, i64::from(result.conflicts));
+        }
+        match result.charge {
+            Charge::TableFull => bump(self.table_full),
+            Charge::Contended => bump(self.contended),
+            Charge::Admitted(_) | Charge::Limited { .. } => {}
+        }
     }
 }
 

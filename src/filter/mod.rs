@@ -3,6 +3,7 @@
 mod http;
 mod metrics;
 mod root;
+mod shared;
 
 use proxy_wasm::types::LogLevel;
 

@@ -49,11 +49,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(HttpFilter::new(
-            context_id,
-            self.policy.clone(),
-            self.metrics.clone(),
-        )))
+        Some(Box::new(HttpFilter::new(context_id, self.policy.clone(), self.metrics.clone())))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -51,18 +51,13 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
         let at = |field: &str| format!("{path}.keys[{i}].{field}");
         let decode = |field: &str, value: &Option<String>| -> Result<Vec<u8>, ConfigError> {
             let text = value.as_deref().ok_or_else(|| ConfigError::new(at(field), "missing"))?;
-            URL_SAFE_NO_PAD
-                .decode(text)
-                .map_err(|_| ConfigError::new(at(field), "expected unpadded base64url"))
+            URL_SAFE_NO_PAD.decode(text).map_err(|_| ConfigError::new(at(field), "expected unpadded base64url"))
         };
         let material = match doc.kty.as_str() {
             "oct" => {
                 let k = decode("k", &doc.k)?;
                 if k.len() < MIN_OCT_BYTES {
-                    return Err(ConfigError::new(
-                        at("k"),
-                        format!("oct keys need at least {MIN_OCT_BYTES} bytes"),
-                    ));
+                    return Err(ConfigError::new(at("k"), format!("oct keys need at least {MIN_OCT_BYTES} bytes")));
                 }
                 KeyMaterial::Oct(k)
             }
@@ -98,29 +93,19 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
             if Algorithm::parse(alg) != Some(material.algorithm()) {
                 return Err(ConfigError::new(
                     at("alg"),
-                    format!(
-                        "'{alg}' does not fit a {} key (expected {})",
-                        doc.kty,
-                        material.algorithm()
-                    ),
+                    format!("'{alg}' does not fit a {} key (expected {})", doc.kty, material.algorithm()),
                 ));
             }
         }
         if doc.use_.as_deref().is_some_and(|u| u != "sig") {
-            return Err(ConfigError::new(
-                at("use"),
-                "only signature keys (\"sig\") can verify tokens",
-            ));
+            return Err(ConfigError::new(at("use"), "only signature keys (\"sig\") can verify tokens"));
         }
         if let Some(kid) = &doc.kid {
             if !kids.insert(kid.clone()) {
                 return Err(ConfigError::new(at("kid"), format!("duplicate kid '{kid}'")));
             }
         }
-        keys.push(Jwk {
-            kid: doc.kid.clone(),
-            material,
-        });
+        keys.push(Jwk { kid: doc.kid.clone(), material });
     }
     Ok(keys)
 }
@@ -170,30 +155,19 @@ mod tests {
     #[test]
     fn refuses_weak_or_inconsistent_keys() {
         let short = format!(r#"{{"keys":[{{"kty":"oct","k":"{}"}}]}}"#, b64(&[7; 31]));
-        assert_eq!(
-            compile(short).unwrap_err(),
-            "jwks.keys[0].k: oct keys need at least 32 bytes"
-        );
+        assert_eq!(compile(short).unwrap_err(), "jwks.keys[0].k: oct keys need at least 32 bytes");
         let rsa1024 = format!(r#"{{"keys":[{{"kty":"RSA","n":"{}","e":"AQAB"}}]}}"#, b64(&[0xff; 128]));
-        assert_eq!(
-            compile(rsa1024).unwrap_err(),
-            "jwks.keys[0].n: RSA keys need 2048 to 8192 bits, this one has 1024"
-        );
+        assert_eq!(compile(rsa1024).unwrap_err(), "jwks.keys[0].n: RSA keys need 2048 to 8192 bits, this one has 1024");
         let confused = format!(r#"{{"keys":[{{"kty":"oct","alg":"RS256","k":"{}"}}]}}"#, b64(&[7; 32]));
         assert!(compile(confused).unwrap_err().starts_with("jwks.keys[0].alg:"));
-        let p384 = format!(
-            r#"{{"keys":[{{"kty":"EC","crv":"P-384","x":"{0}","y":"{0}"}}]}}"#,
-            b64(&[1; 48])
-        );
+        let p384 = format!(r#"{{"keys":[{{"kty":"EC","crv":"P-384","x":"{0}","y":"{0}"}}]}}"#, b64(&[1; 48]));
         assert_eq!(compile(p384).unwrap_err(), "jwks.keys[0].crv: only P-256 is supported");
         let dup = format!(
             r#"{{"keys":[{{"kty":"oct","kid":"a","k":"{0}"}},{{"kty":"oct","kid":"a","k":"{0}"}}]}}"#,
             b64(&[7; 32])
         );
         assert_eq!(compile(dup).unwrap_err(), "jwks.keys[1].kid: duplicate kid 'a'");
-        assert!(compile(r#"{"keys":[{"kty":"none"}]}"#.into())
-            .unwrap_err()
-            .starts_with("jwks.keys[0].kty:"));
+        assert!(compile(r#"{"keys":[{"kty":"none"}]}"#.into()).unwrap_err().starts_with("jwks.keys[0].kty:"));
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! Rate-limit plans: named sets of token buckets.
+//! Per-caller token buckets, exact across all Envoy workers.
 
+mod gcra;
 mod plan;
+mod table;
 
 pub use plan::{Bucket, Plan, PlanId, Plans};
+pub use table::{charge, CallerId, Cas, Charge, ChargeResult, Conflict, MemoryStore, Quota, SharedStore, SLOTS};

@@ -2,6 +2,7 @@
 //! `requests / per_s` per second. Zero sizes are refused at configuration.
 
 use crate::config::{BucketDoc, ConfigError};
+use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
 
@@ -20,6 +21,9 @@ pub struct Bucket {
 pub struct Plan {
     pub name: String,
     pub buckets: Vec<Bucket>,
+    /// Names the plan's shape in stored state, so a changed plan starts afresh
+    /// instead of reading buckets of another size.
+    pub fingerprint: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,18 +45,12 @@ impl Plans {
                 return Err(ConfigError::new("rate_limits.plans", "a plan needs a name"));
             }
             if buckets.is_empty() {
-                return Err(ConfigError::new(
-                    format!("rate_limits.plans.{name}"),
-                    "a plan needs at least one bucket",
-                ));
+                return Err(ConfigError::new(format!("rate_limits.plans.{name}"), "a plan needs at least one bucket"));
             }
             let mut compiled: Vec<Bucket> = Vec::with_capacity(buckets.len());
             for (i, doc) in buckets.iter().enumerate() {
                 if compiled.iter().any(|b| b.name == doc.name) {
-                    return Err(ConfigError::new(
-                        at(i, "name"),
-                        format!("duplicate bucket '{}'", doc.name),
-                    ));
+                    return Err(ConfigError::new(at(i, "name"), format!("duplicate bucket '{}'", doc.name)));
                 }
                 let requests = NonZeroU64::new(doc.requests)
                     .filter(|r| r.get() <= MAX_REQUESTS)
@@ -60,16 +58,10 @@ impl Plans {
                 let per_s = NonZeroU64::new(doc.per_s)
                     .filter(|p| p.get() <= MAX_PERIOD_S)
                     .ok_or_else(|| ConfigError::new(at(i, "per_s"), format!("must be 1 to {MAX_PERIOD_S}")))?;
-                compiled.push(Bucket {
-                    name: doc.name.clone(),
-                    requests,
-                    per_s,
-                });
+                compiled.push(Bucket { name: doc.name.clone(), requests, per_s });
             }
-            plans.push(Plan {
-                name: name.clone(),
-                buckets: compiled,
-            });
+            let fingerprint = fingerprint(name, &compiled);
+            plans.push(Plan { name: name.clone(), buckets: compiled, fingerprint });
         }
         Ok(Self { plans })
     }
@@ -81,6 +73,18 @@ impl Plans {
     pub fn get(&self, id: PlanId) -> Option<&Plan> {
         self.plans.get(id.0)
     }
+}
+
+fn fingerprint(name: &str, buckets: &[Bucket]) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(name.as_bytes());
+    for bucket in buckets {
+        hasher.update([0]);
+        hasher.update(bucket.requests.get().to_le_bytes());
+        hasher.update(bucket.per_s.get().to_le_bytes());
+    }
+    let digest = hasher.finalize();
+    digest.first_chunk::<8>().map_or(0, |bytes| u64::from_le_bytes(*bytes))
 }
 
 #[cfg(test)]
@@ -114,9 +118,6 @@ mod tests {
             err(r#"{"p":[{"name":"a","requests":1,"per_s":1},{"name":"a","requests":2,"per_s":2}]}"#),
             "rate_limits.plans.p[1].name: duplicate bucket 'a'"
         );
-        assert_eq!(
-            err(r#"{"p":[]}"#),
-            "rate_limits.plans.p: a plan needs at least one bucket"
-        );
+        assert_eq!(err(r#"{"p":[]}"#), "rate_limits.plans.p: a plan needs at least one bucket");
     }
 }

@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm cli venv toolchain run test lint unit e2e bench clean
+.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-envoy clean
 
 all: wasm cli
 
@@ -48,6 +48,9 @@ e2e: wasm cli venv
 
 bench:
 	cargo bench --bench decision
+
+bench-envoy: wasm cli venv
+	$(PYTHON) bench/jwt_in_envoy.py
 
 clean:
 	cargo clean

@@ -62,16 +62,20 @@ fn forward<'p>(
         return Action::Forward { set: Vec::new(), remove: &[], response };
     };
     let names = &policy.identity_headers;
-    let mut set = vec![
-        (names.org.as_str(), identity.org.to_owned()),
-        (names.account.as_str(), identity.account.to_owned()),
-        (names.key_id.as_str(), identity.subject.to_owned()),
-        (names.subject.as_str(), identity.subject.to_owned()),
-        (names.method.as_str(), identity.method.as_str().to_owned()),
+    // Absent or empty parts are not set: the client's copies are already
+    // stripped, so upstream sees nothing rather than an empty value.
+    let parts = [
+        (&names.org, identity.org.as_deref()),
+        (&names.account, identity.account.as_deref()),
+        (&names.key_id, Some(&*identity.subject)),
+        (&names.subject, Some(&*identity.subject)),
+        (&names.method, Some(identity.method.as_str())),
+        (&names.scopes, Some(&*identity.scopes)),
     ];
-    if !identity.scopes.is_empty() {
-        set.push((names.scopes.as_str(), identity.scopes.to_owned()));
-    }
+    let set = parts
+        .into_iter()
+        .filter_map(|(name, value)| value.filter(|v| !v.is_empty()).map(|v| (name.as_str(), v.to_owned())))
+        .collect();
     let remove = if policy.strip_credentials { CREDENTIAL_HEADERS } else { &[] };
     Action::Forward { set, remove, response }
 }
@@ -83,6 +87,7 @@ mod tests {
     use crate::denial::Code;
     use crate::rate_limit::{Charge, ChargeResult};
     use crate::route::CredentialKind;
+    use std::borrow::Cow;
 
     struct Pepper;
     impl Environment for Pepper {
@@ -95,8 +100,13 @@ mod tests {
         parse(format!(r#"{{"api_keys":{{}}{extra}}}"#).as_bytes(), &Pepper).unwrap()
     }
 
-    const IDENTITY: Identity<'static> =
-        Identity { org: "o", account: "a", subject: "k1", scopes: "", method: CredentialKind::ApiKey };
+    const IDENTITY: Identity<'static> = Identity {
+        org: Some(Cow::Borrowed("o")),
+        account: Some(Cow::Borrowed("a")),
+        subject: Cow::Borrowed("k1"),
+        scopes: Cow::Borrowed(""),
+        method: CredentialKind::ApiKey,
+    };
 
     fn allowed(identity: Option<Identity<'static>>) -> Decision<'static> {
         Decision { route: None, verdict: Verdict::Allow(identity), key_id: None, malformed: None, rate: None }
@@ -122,7 +132,7 @@ mod tests {
             ]
         );
         assert!(remove.is_empty());
-        let scoped = Identity { scopes: "a b", ..IDENTITY };
+        let scoped = Identity { scopes: Cow::Borrowed("a b"), ..IDENTITY };
         let Action::Forward { set, .. } = act(&p, &allowed(Some(scoped))) else { panic!() };
         assert!(set.contains(&("x-auth-scopes", "a b".to_owned())));
     }

@@ -4,8 +4,12 @@ use crate::api_key::ApiKey;
 use crate::config::Policy;
 use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
+use crate::jwt::{self, TokenCache, TokenError, VerifiedToken};
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota, SharedStore};
 use crate::route::{self, Auth, CredentialKind, Route};
+use std::borrow::Cow;
+use std::cell::RefCell;
+use std::rc::Rc;
 
 /// What the decision reads of a request.
 pub struct Request<'a, N, V> {
@@ -16,15 +20,26 @@ pub struct Request<'a, N, V> {
     pub headers: &'a [(N, V)],
 }
 
+/// What the decision may ask of its host: the time, the shared token
+/// buckets, and this worker's cache of verified tokens.
+pub struct Runtime<'a> {
+    /// Unix nanoseconds.
+    pub now_ns: u64,
+    pub store: &'a dyn SharedStore,
+    pub tokens: &'a RefCell<TokenCache>,
+}
+
 /// The authenticated caller, as upstream will see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity<'p> {
-    pub org: &'p str,
-    pub account: &'p str,
+    /// A JWT without the org claim has none.
+    pub org: Option<Cow<'p, str>>,
+    /// A JWT provider without `account_header` names none.
+    pub account: Option<Cow<'p, str>>,
     /// The key id, or the JWT `sub`.
-    pub subject: &'p str,
+    pub subject: Cow<'p, str>,
     /// Space-joined.
-    pub scopes: &'p str,
+    pub scopes: Cow<'p, str>,
     pub method: CredentialKind,
 }
 
@@ -68,14 +83,8 @@ struct RateSubject {
     caller: CallerId,
 }
 
-/// Decides a request at `now_ns` (Unix nanoseconds); `store` holds the
-/// callers' token buckets.
-pub fn decide<'p, N, V>(
-    policy: &'p Policy,
-    request: &Request<'_, N, V>,
-    now_ns: u64,
-    store: &dyn SharedStore,
-) -> Decision<'p>
+/// Decides a request.
+pub fn decide<'p, N, V>(policy: &'p Policy, request: &Request<'_, N, V>, runtime: &Runtime<'_>) -> Decision<'p>
 where
     N: AsRef<str>,
     V: AsRef<[u8]>,
@@ -97,10 +106,10 @@ where
     };
     match credential {
         Credential::ApiKey { key, prefix_account } => {
-            match check_api_key(policy, key, prefix_account, now_ns / NANOS) {
+            match check_api_key(policy, key, prefix_account, runtime.now_ns / NANOS) {
                 Ok(key) => {
                     let subject = RateSubject { plan: key.plan.or(policy.default_plan), caller: key.caller };
-                    let decision = admit(policy, route, identity_of(key), &subject, now_ns, store);
+                    let decision = admit(policy, route, identity_of(key), &subject, runtime);
                     Decision { key_id: Some(key.id.as_str()), route: route_index, ..decision }
                 }
                 Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..deny(denial) },
@@ -110,10 +119,98 @@ where
             Code::InvalidApiKey,
             "Publishable keys identify an account; they cannot authenticate a request.",
         )),
-        // Verification of JWTs arrives with the JWT issue; until then no
-        // token is ever accepted.
-        Credential::Jwt(_) => deny(Code::InvalidToken.into()),
+        Credential::Jwt(token) => match check_jwt(policy, request.headers, token, runtime) {
+            Ok((verified, account)) => {
+                let caller = format!("j:{}\0{}", policy_issuer(policy, &verified), verified.subject);
+                let subject = RateSubject { plan: policy.jwt_plan, caller: CallerId::new(caller.as_bytes()) };
+                let identity = Identity {
+                    org: verified.org.clone().map(Cow::Owned),
+                    account: account.map(Cow::Owned),
+                    subject: Cow::Owned(verified.subject.clone()),
+                    scopes: Cow::Owned(verified.scopes.clone()),
+                    method: CredentialKind::Jwt,
+                };
+                Decision { route: route_index, ..admit(policy, route, identity, &subject, runtime) }
+            }
+            Err(denial) => deny(denial),
+        },
     }
+}
+
+fn policy_issuer<'p>(policy: &'p Policy, token: &VerifiedToken) -> &'p str {
+    policy.jwt_providers.get(token.provider).map_or("", |p| p.issuer.as_str())
+}
+
+/// Rows 3, 4, 9, 10 and 11 for a JWT: the account header, the token, and
+/// whether the token grants that account. Returns the token and the account.
+fn check_jwt<N, V>(
+    policy: &Policy,
+    headers: &[(N, V)],
+    token: &str,
+    runtime: &Runtime<'_>,
+) -> Result<(Rc<VerifiedToken>, Option<String>), Denial>
+where
+    N: AsRef<str>,
+    V: AsRef<[u8]>,
+{
+    let invalid = |_| Denial::from(Code::InvalidToken);
+    let hash = TokenCache::hash(token);
+    let now_s = runtime.now_ns / NANOS;
+    let cached = runtime.tokens.borrow().get(&hash);
+    let index = match &cached {
+        Some(verified) => verified.provider,
+        None => jwt::provider_for(&policy.jwt_providers, token).map_err(invalid)?,
+    };
+    let provider = policy.jwt_providers.get(index).ok_or(Denial::from(Code::InvalidToken))?;
+    let account = match &provider.account_header {
+        None => None,
+        Some(name) => Some(account_header(policy, headers, name)?),
+    };
+    let verified = match cached {
+        Some(verified) if now_s.saturating_sub(provider.clock_skew_s) <= verified.expires_at => verified,
+        Some(_) => {
+            runtime.tokens.borrow_mut().remove(&hash);
+            return Err(Code::ExpiredToken.into());
+        }
+        None => {
+            let verified = match jwt::verify(&policy.jwt_providers, index, token, now_s) {
+                Ok(verified) => Rc::new(verified),
+                Err(TokenError::Expired) => return Err(Code::ExpiredToken.into()),
+                Err(TokenError::Invalid(_)) => return Err(Code::InvalidToken.into()),
+            };
+            runtime.tokens.borrow_mut().insert(hash, Rc::clone(&verified));
+            verified
+        }
+    };
+    if let Some(account) = &account {
+        let granted = verified.accounts.as_ref().is_some_and(|accounts| accounts.contains(account));
+        if !granted {
+            return Err(Code::AccountMismatch.into());
+        }
+    }
+    Ok((verified, account))
+}
+
+/// Rows 3 and 4: the one account a JWT caller acts for, from its header.
+fn account_header<N, V>(policy: &Policy, headers: &[(N, V)], name: &str) -> Result<String, Denial>
+where
+    N: AsRef<str>,
+    V: AsRef<[u8]>,
+{
+    let mut values = headers.iter().filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref());
+    let (Some(value), None) = (values.next(), values.next()) else {
+        // None, or more than one: no single account to act for.
+        return Err(if headers.iter().any(|(n, _)| n.as_ref().eq_ignore_ascii_case(name)) {
+            Code::InvalidAccount.into()
+        } else {
+            Code::AccountHeaderRequired.into()
+        });
+    };
+    let account = std::str::from_utf8(value).map(str::trim).map_err(|_| Denial::from(Code::InvalidAccount))?;
+    if !policy.accounts.is_valid(account) {
+        return Err(Code::InvalidAccount.into());
+    }
+    Ok(account.to_owned())
 }
 
 type KeyResult<'p> = Result<&'p ApiKey, (Option<&'p ApiKey>, Denial)>;
@@ -148,15 +245,14 @@ fn admit<'p>(
     route: &Route,
     identity: Identity<'p>,
     subject: &RateSubject,
-    now_ns: u64,
-    store: &dyn SharedStore,
+    runtime: &Runtime<'_>,
 ) -> Decision<'p> {
     let verdict = authorize(policy, route, identity);
     let plan = subject.plan.and_then(|id| policy.plans.get(id));
     let (Verdict::Allow(_), Some(plan)) = (&verdict, plan) else {
         return Decision::new(None, verdict);
     };
-    let result = rate_limit::charge(store, plan, subject.caller, now_ns);
+    let result = rate_limit::charge(runtime.store, plan, subject.caller, runtime.now_ns);
     let verdict = match result.charge {
         Charge::Admitted(_) => verdict,
         Charge::Limited { retry_after_s, .. } => Verdict::Deny(Denial::rate_limited(retry_after_s)),
@@ -169,17 +265,17 @@ fn admit<'p>(
 
 fn identity_of(key: &ApiKey) -> Identity<'_> {
     Identity {
-        org: &key.org,
-        account: &key.account,
-        subject: &key.id,
-        scopes: &key.scopes_header,
+        org: Some(Cow::Borrowed(&key.org)),
+        account: Some(Cow::Borrowed(&key.account)),
+        subject: Cow::Borrowed(&key.id),
+        scopes: Cow::Borrowed(&key.scopes_header),
         method: CredentialKind::ApiKey,
     }
 }
 
 /// Decision-table rows 12–14: what a verified caller may do on this route.
 fn authorize<'p>(policy: &Policy, route: &Route, identity: Identity<'p>) -> Verdict<'p> {
-    if !route.allow_reserved && policy.accounts.is_reserved(identity.account) {
+    if !route.allow_reserved && identity.account.as_deref().is_some_and(|a| policy.accounts.is_reserved(a)) {
         return Verdict::Deny(Code::AccountForbidden.into());
     }
     if !route.allows(identity.method) {
@@ -198,6 +294,10 @@ mod tests {
     use crate::api_key::KeyHasher;
     use crate::config::{parse, Environment};
     use crate::rate_limit::MemoryStore;
+
+    fn runtime<'a>(now_ns: u64, store: &'a MemoryStore, tokens: &'a RefCell<TokenCache>) -> Runtime<'a> {
+        Runtime { now_ns, store, tokens }
+    }
 
     struct Pepper;
     impl Environment for Pepper {
@@ -245,7 +345,8 @@ mod tests {
     fn run<'p>(policy: &'p Policy, path: &str, headers: &[(&str, &str)]) -> Decision<'p> {
         let headers: Vec<(String, Vec<u8>)> =
             headers.iter().map(|(n, v)| (n.to_string(), v.as_bytes().to_vec())).collect();
-        decide(policy, &Request { method: "GET", path, headers: &headers }, NOW, &MemoryStore::default())
+        let (store, tokens) = (MemoryStore::default(), RefCell::default());
+        decide(policy, &Request { method: "GET", path, headers: &headers }, &runtime(NOW, &store, &tokens))
     }
 
     fn code(policy: &Policy, path: &str, headers: &[(&str, &str)]) -> Option<&'static str> {
@@ -273,10 +374,10 @@ mod tests {
             assert_eq!(
                 decision.verdict,
                 Verdict::Allow(Some(Identity {
-                    org: "org_1",
-                    account: "acme",
-                    subject: "k_acme",
-                    scopes: "agents:read",
+                    org: Some("org_1".into()),
+                    account: Some("acme".into()),
+                    subject: "k_acme".into(),
+                    scopes: "agents:read".into(),
                     method: CredentialKind::ApiKey
                 }))
             );
@@ -341,8 +442,10 @@ mod tests {
     fn expiry_is_exact_to_the_second() {
         let p = policy();
         let headers = [("authorization".to_owned(), b"Bearer sk_live_acme_old".to_vec())];
-        let store = MemoryStore::default();
-        let at = |now| decide(&p, &Request { method: "GET", path: "/", headers: &headers }, now, &store).verdict;
+        let (store, tokens) = (MemoryStore::default(), RefCell::default());
+        let at = |now| {
+            decide(&p, &Request { method: "GET", path: "/", headers: &headers }, &runtime(now, &store, &tokens)).verdict
+        };
         let expiry = crate::api_key::parse_timestamp("2020-01-01T00:00:00Z").unwrap() * NANOS;
         assert!(matches!(at(expiry - 1), Verdict::Allow(_)));
         assert!(matches!(at(expiry), Verdict::Deny(d) if d.code == Code::ExpiredApiKey));
@@ -373,11 +476,12 @@ mod tests {
     #[test]
     fn plans_limit_verified_callers_only() {
         let p = limited_policy();
-        let store = MemoryStore::default();
+        let (store, tokens) = (MemoryStore::default(), RefCell::default());
         let codes = |key: &str, path: &str, n: usize| -> Vec<&'static str> {
             let headers = [("x-api-key".to_owned(), key.as_bytes().to_vec())];
+            let rt = runtime(NOW, &store, &tokens);
             (0..n)
-                .map(|_| match decide(&p, &Request { method: "GET", path, headers: &headers }, NOW, &store).verdict {
+                .map(|_| match decide(&p, &Request { method: "GET", path, headers: &headers }, &rt).verdict {
                     Verdict::Allow(_) => "ok",
                     Verdict::Deny(d) => d.code.as_str(),
                 })

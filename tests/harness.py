@@ -70,7 +70,8 @@ class EnvoyFailed(Exception):
 
 
 class Envoy:
-    def __init__(self, policy, upstream, pepper=TEST_PEPPER, concurrency=2):
+    def __init__(self, policy, upstream, pepper=TEST_PEPPER, concurrency=2, edit=None):
+        """`edit`, if given, may change the Envoy config (a dict) before start."""
         self.dir = Path(tempfile.mkdtemp(prefix="edge-auth-e2e-"))
         self.port = free_port()
         self.admin_port = free_port()
@@ -84,6 +85,8 @@ class Envoy:
         wasm = wasm_filter(config)
         wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
         wasm["configuration"]["value"] = policy if isinstance(policy, str) else json.dumps(policy)
+        if edit:
+            edit(config)
         self.config_path = self.dir / "envoy.json"
         self.config_path.write_text(json.dumps(config))
         self.log_path = self.dir / "envoy.log"

@@ -5,7 +5,7 @@ use super::{ConfigError, Environment, Mode};
 use crate::account::AccountRules;
 use crate::api_key::{is_header_safe, KeyHasher, KeySet, RecordRules};
 use crate::credential::{Prefixes, AUTHORIZATION, X_API_KEY};
-use crate::jwt::{compile_jwks, Algorithm, Provider};
+use crate::jwt::{compile_jwks, Algorithm, Provider, VerifyKey};
 use crate::rate_limit::{PlanId, Plans};
 use crate::route::{Auth, CredentialKind, PathMatch, Route};
 use std::collections::HashSet;
@@ -258,7 +258,13 @@ fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigError>
             return Err(ConfigError::new(at("jwks"), "a provider needs jwks, jwks_source, or both"));
         }
         let keys = match &doc.jwks {
-            Some(set) => compile_jwks(set, &at("jwks"))?,
+            Some(set) => compile_jwks(set, &at("jwks"))?
+                .iter()
+                .enumerate()
+                .map(|(j, jwk)| {
+                    VerifyKey::new(jwk).map_err(|why| ConfigError::new(at(&format!("jwks.keys[{j}]")), why))
+                })
+                .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
         let jwks_source = doc.jwks_source.as_ref().map(|s| compile_source(s, &at("jwks_source"), 300.0)).transpose()?;

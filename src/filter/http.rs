@@ -4,11 +4,13 @@ use super::metrics::Metrics;
 use super::shared::HostStore;
 use crate::action::{act, Action as Apply};
 use crate::config::{Mode, Policy};
-use crate::decision::{decide, Decision, Request, Verdict};
+use crate::decision::{decide, Decision, Request, Runtime, Verdict};
 use crate::denial::{Code, Denial, Reply};
+use crate::jwt::TokenCache;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::borrow::Cow;
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::UNIX_EPOCH;
 
@@ -16,13 +18,20 @@ pub struct HttpFilter {
     context_id: u32,
     policy: Option<Rc<Policy>>,
     metrics: Option<Rc<Metrics>>,
+    /// This worker's verified tokens, shared by its requests.
+    tokens: Rc<RefCell<TokenCache>>,
     /// Added to upstream's response (`x-ratelimit-*`).
     response_headers: Vec<(&'static str, String)>,
 }
 
 impl HttpFilter {
-    pub fn new(context_id: u32, policy: Option<Rc<Policy>>, metrics: Option<Rc<Metrics>>) -> Self {
-        Self { context_id, policy, metrics, response_headers: Vec::new() }
+    pub fn new(
+        context_id: u32,
+        policy: Option<Rc<Policy>>,
+        metrics: Option<Rc<Metrics>>,
+        tokens: Rc<RefCell<TokenCache>>,
+    ) -> Self {
+        Self { context_id, policy, metrics, tokens, response_headers: Vec::new() }
     }
 
     fn send(&self, reply: &Reply) -> Action {
@@ -79,7 +88,8 @@ impl HttpContext for HttpFilter {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let request = Request { method: &method, path: &path, headers: &headers };
-        let decision = decide(&policy, &request, now_ns, &HostStore);
+        let runtime = Runtime { now_ns, store: &HostStore, tokens: &self.tokens };
+        let decision = decide(&policy, &request, &runtime);
         self.record(&policy, &decision);
 
         for name in policy.identity_headers.owned() {

@@ -3,14 +3,18 @@
 use super::http::HttpFilter;
 use super::metrics::Metrics;
 use crate::config::{self, Policy, ProcessEnv};
+use crate::jwt::TokenCache;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
 use std::rc::Rc;
 
 #[derive(Default)]
 pub struct Root {
     policy: Option<Rc<Policy>>,
     metrics: Option<Rc<Metrics>>,
+    /// Verified tokens of this worker; emptied with every new policy.
+    tokens: Rc<RefCell<TokenCache>>,
 }
 
 impl Context for Root {}
@@ -44,12 +48,13 @@ impl RootContext for Root {
             policy.routes.len()
         );
         self.policy = Some(Rc::new(policy));
+        self.tokens.borrow_mut().clear();
         self.metrics = Some(Rc::new(metrics));
         true
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(HttpFilter::new(context_id, self.policy.clone(), self.metrics.clone())))
+        Some(Box::new(HttpFilter::new(context_id, self.policy.clone(), self.metrics.clone(), Rc::clone(&self.tokens))))
     }
 
     fn get_type(&self) -> Option<ContextType> {

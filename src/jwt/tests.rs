@@ -1,0 +1,232 @@
+//! The verifier against real signatures and the known JOSE attacks.
+
+use super::*;
+use crate::config::{parse, Environment};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use jwt_simple::algorithms::P256PublicKey;
+use jwt_simple::prelude::*;
+use sha2::Sha256;
+
+struct NoEnv;
+impl Environment for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+const NOW: u64 = 1_800_000_000;
+const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef-hs256-test-secret";
+
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+struct Keys {
+    es: ES256KeyPair,
+    rs: RS256KeyPair,
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: std::sync::OnceLock<Keys> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| Keys {
+        es: ES256KeyPair::generate().with_key_id("es"),
+        rs: RS256KeyPair::generate(2048).unwrap().with_key_id("rs"),
+    })
+}
+
+fn providers(extra: &str) -> Vec<Provider> {
+    let k = keys();
+    let point = P256PublicKey::from_pem(&k.es.public_key().to_pem().unwrap()).unwrap().to_bytes_uncompressed();
+    let (x, y) = point[1..].split_at(32);
+    let rsa = k.rs.public_key().to_components();
+    let json = format!(
+        r#"{{"jwt":{{"providers":[{{
+            "name":"console","issuer":"https://auth.example.com","audiences":["api"],
+            "algorithms":["HS256","RS256","ES256"],
+            "jwks":{{"keys":[
+              {{"kty":"oct","kid":"hs","k":"{}"}},
+              {{"kty":"EC","kid":"es","crv":"P-256","x":"{}","y":"{}"}},
+              {{"kty":"RSA","kid":"rs","n":"{}","e":"{}"}}]}}
+            {extra}}}]}}}}"#,
+        b64(SECRET),
+        b64(x),
+        b64(y),
+        b64(&rsa.n),
+        b64(&rsa.e)
+    );
+    parse(json.as_bytes(), &NoEnv).unwrap().jwt_providers
+}
+
+fn claims() -> JWTClaims<serde_json::Value> {
+    let custom =
+        serde_json::json!({"org_id": "org_42", "accounts": ["acme", "beta"], "scope": "agents:read tasks:execute"});
+    Claims::with_custom_claims(custom, Duration::from_secs(600))
+        .with_issuer("https://auth.example.com")
+        .with_audience("api")
+        .with_subject("user-1")
+}
+
+fn at_now(mut c: JWTClaims<serde_json::Value>) -> JWTClaims<serde_json::Value> {
+    c.issued_at = Some(UnixTimeStamp::from_secs(NOW));
+    c.invalid_before = Some(UnixTimeStamp::from_secs(NOW));
+    c.expires_at = Some(UnixTimeStamp::from_secs(NOW + 600));
+    c
+}
+
+/// A token with any header and payload, signed HS256 with `SECRET`.
+fn forge(header: &str, payload: &serde_json::Value) -> String {
+    let signing_input = format!("{}.{}", b64(header.as_bytes()), b64(payload.to_string().as_bytes()));
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
+}
+
+fn payload() -> serde_json::Value {
+    serde_json::json!({"iss":"https://auth.example.com","aud":"api","sub":"user-1","exp":NOW+600,"iat":NOW,"org_id":"org_42"})
+}
+
+fn check(providers: &[Provider], token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
+    let index = provider_for(providers, token)?;
+    verify(providers, index, token, now)
+}
+
+#[test]
+fn valid_tokens_of_each_algorithm_verify_with_their_claims() {
+    let p = providers("");
+    let k = keys();
+    let hs = HS256Key::from_bytes(SECRET).with_key_id("hs").authenticate(at_now(claims())).unwrap();
+    let es = k.es.sign(at_now(claims())).unwrap();
+    let rs = k.rs.sign(at_now(claims())).unwrap();
+    for token in [hs, es, rs] {
+        let v = check(&p, &token, NOW).unwrap();
+        assert_eq!(v.subject, "user-1");
+        assert_eq!(v.org.as_deref(), Some("org_42"));
+        assert_eq!(v.accounts, Some(vec!["acme".to_owned(), "beta".to_owned()]));
+        assert_eq!(v.scopes, "agents:read tasks:execute");
+        assert_eq!(v.expires_at, NOW + 600);
+    }
+    // Without a kid, the keys of the token's algorithm are tried.
+    assert!(check(&p, &forge(r#"{"alg":"HS256"}"#, &payload()), NOW).is_ok());
+}
+
+#[test]
+fn none_in_any_spelling_is_refused() {
+    let p = providers("");
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let body = b64(payload().to_string().as_bytes());
+        let unsigned = format!("{}.{body}.", b64(format!(r#"{{"alg":"{alg}"}}"#).as_bytes()));
+        assert_eq!(check(&p, &unsigned, NOW), Err(TokenError::Invalid("algorithm not allowed")), "{alg}");
+    }
+}
+
+#[test]
+fn algorithm_confusion_is_refused() {
+    let p = providers("");
+    // HS256 keyed with the RSA public key's bytes, naming the RSA key.
+    let rsa_n = keys().rs.public_key().to_components().n;
+    let token = {
+        let signing_input =
+            format!("{}.{}", b64(br#"{"alg":"HS256","kid":"rs"}"#), b64(payload().to_string().as_bytes()));
+        let mut mac = Hmac::<Sha256>::new_from_slice(&rsa_n).unwrap();
+        mac.update(signing_input.as_bytes());
+        format!("{signing_input}.{}", b64(&mac.finalize().into_bytes()))
+    };
+    assert_eq!(check(&p, &token, NOW), Err(TokenError::Invalid("bad signature or claims")));
+    // An algorithm the provider does not allow.
+    let hs_only = {
+        let mut p = providers("");
+        p[0].algorithms = vec![Algorithm::Rs256];
+        p
+    };
+    assert_eq!(
+        check(&hs_only, &forge(r#"{"alg":"HS256","kid":"hs"}"#, &payload()), NOW),
+        Err(TokenError::Invalid("algorithm not allowed"))
+    );
+}
+
+#[test]
+fn header_attacks_are_refused() {
+    let p = providers("");
+    let cases = [
+        (r#"{"alg":"HS256","kid":"hs","jwk":{"kty":"oct","k":"AAAA"}}"#, "key or key URL carried in the token"),
+        (r#"{"alg":"HS256","kid":"hs","jku":"https://evil.example/jwks"}"#, "key or key URL carried in the token"),
+        (r#"{"alg":"HS256","kid":"hs","x5u":"https://evil.example/cert"}"#, "key or key URL carried in the token"),
+        (r#"{"alg":"HS256","kid":"hs","x5c":["MIIB"]}"#, "key or key URL carried in the token"),
+        (r#"{"alg":"HS256","kid":"hs","crit":["exp"]}"#, "critical header extension"),
+        (r#"{"alg":"HS256","kid":"../../etc/passwd"}"#, "unknown kid"),
+        (r#"{"alg":"HS256","alg":"none","kid":"hs"}"#, "bad JSON"),
+        (r#"{"alg":"HS256","kid":"es"}"#, "bad signature"),
+    ];
+    for (header, why) in cases {
+        assert_eq!(check(&p, &forge(header, &payload()), NOW), Err(TokenError::Invalid(why)), "{header}");
+    }
+    // An empty crit list is harmless.
+    assert!(check(&p, &forge(r#"{"alg":"HS256","kid":"hs","crit":[]}"#, &payload()), NOW).is_ok());
+}
+
+#[test]
+fn signature_tampering_is_refused() {
+    let p = providers("");
+    let token = keys().es.sign(at_now(claims())).unwrap();
+    let (signed, signature) = token.rsplit_once('.').unwrap();
+    assert!(check(&p, &format!("{signed}."), NOW).is_err());
+    let zeroed = b64(&vec![0u8; URL_SAFE_NO_PAD.decode(signature).unwrap().len()]);
+    assert!(check(&p, &format!("{signed}.{zeroed}"), NOW).is_err());
+    // Another payload under the same signature.
+    let mut other = payload();
+    other["sub"] = "admin".into();
+    let forged = format!("{}.{}.{signature}", signed.split('.').next().unwrap(), b64(other.to_string().as_bytes()));
+    assert!(check(&p, &forged, NOW).is_err());
+}
+
+#[test]
+fn claims_are_judged_in_the_decision_table_order() {
+    let p = providers("");
+    let with = |edit: &dyn Fn(&mut serde_json::Value)| {
+        let mut body = payload();
+        edit(&mut body);
+        check(&p, &forge(r#"{"alg":"HS256","kid":"hs"}"#, &body), NOW)
+    };
+    assert_eq!(with(&|b| b["aud"] = "other".into()), Err(TokenError::Invalid("audience mismatch")));
+    assert!(with(&|b| b["aud"] = serde_json::json!(["other", "api"])).is_ok());
+    assert_eq!(with(&|b| b["iss"] = "https://evil.example".into()), Err(TokenError::Invalid("unknown issuer")));
+    assert_eq!(with(&|b| b["nbf"] = (NOW + 61).into()), Err(TokenError::Invalid("not yet valid (nbf)")));
+    assert!(with(&|b| b["nbf"] = (NOW + 60).into()).is_ok(), "within the 60 s skew");
+    assert_eq!(with(&|b| b["iat"] = (NOW + 3600).into()), Err(TokenError::Invalid("issued in the future (iat)")));
+    assert_eq!(with(&|b| b["exp"] = (NOW - 61).into()), Err(TokenError::Expired));
+    assert!(with(&|b| b["exp"] = (NOW - 60).into()).is_ok(), "within the 60 s skew");
+    assert_eq!(
+        with(&|b| {
+            b["exp"] = (NOW - 3600).into();
+            b["aud"] = "other".into();
+        }),
+        Err(TokenError::Invalid("audience mismatch")),
+        "invalid (row 9) answers before expired (row 10)"
+    );
+    assert_eq!(
+        with(&|b| b.as_object_mut().unwrap().remove("exp").map(drop).unwrap()),
+        Err(TokenError::Invalid("no exp"))
+    );
+    assert_eq!(with(&|b| b["exp"] = "tomorrow".into()), Err(TokenError::Invalid("bad signature or claims")));
+    assert_eq!(with(&|b| b["org_id"] = serde_json::json!({"a": 1})), Err(TokenError::Invalid("unusable org claim")));
+    assert_eq!(with(&|b| b["org_id"] = "evil\r\nx-admin: 1".into()), Err(TokenError::Invalid("unusable org claim")));
+    assert_eq!(
+        with(&|b| b["accounts"] = "acme".into()),
+        Err(TokenError::Invalid("accounts claim is not a list of strings"))
+    );
+    assert_eq!(with(&|b| b["scope"] = serde_json::json!(["a", "b"])).map(|v| v.scopes), Ok("a b".to_owned()));
+    assert_eq!(
+        with(&|b| b.as_object_mut().unwrap().remove("sub").map(drop).unwrap()),
+        Err(TokenError::Invalid("no usable sub"))
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    let p = providers("");
+    for token in ["", ".", "..", "a.b.c", "e30.e30.", "eyJhbGciOiJIUzI1NiJ9.!!!.x", &"a".repeat(9000)] {
+        let _ = check(&p, token, NOW);
+    }
+}

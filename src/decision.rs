@@ -4,9 +4,11 @@ use crate::api_key::ApiKey;
 use crate::config::Policy;
 use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
+use crate::fetched::Fetched;
 use crate::jwt::{self, TokenCache, TokenError, VerifiedToken};
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota, SharedStore};
 use crate::route::{self, Auth, CredentialKind, Route};
+use crate::source::SharedSource;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -22,11 +24,13 @@ pub struct Request<'a, N, V> {
 
 /// What the decision may ask of its host: the time, the shared token
 /// buckets, and this worker's cache of verified tokens.
-pub struct Runtime<'a> {
+pub struct Runtime<'a, 'f> {
     /// Unix nanoseconds.
     pub now_ns: u64,
     pub store: &'a dyn SharedStore,
     pub tokens: &'a RefCell<TokenCache>,
+    /// Key sets and JWKS fetched from the policy's sources.
+    pub fetched: &'f Fetched,
 }
 
 /// The authenticated caller, as upstream will see it.
@@ -84,7 +88,7 @@ struct RateSubject {
 }
 
 /// Decides a request.
-pub fn decide<'p, N, V>(policy: &'p Policy, request: &Request<'_, N, V>, runtime: &Runtime<'_>) -> Decision<'p>
+pub fn decide<'p, N, V>(policy: &'p Policy, request: &Request<'_, N, V>, runtime: &Runtime<'_, 'p>) -> Decision<'p>
 where
     N: AsRef<str>,
     V: AsRef<[u8]>,
@@ -106,7 +110,7 @@ where
     };
     match credential {
         Credential::ApiKey { key, prefix_account } => {
-            match check_api_key(policy, key, prefix_account, runtime.now_ns / NANOS) {
+            match check_api_key(policy, runtime.fetched, key, prefix_account, runtime.now_ns / NANOS) {
                 Ok(key) => {
                     let subject = RateSubject { plan: key.plan.or(policy.default_plan), caller: key.caller };
                     let decision = admit(policy, route, identity_of(key), &subject, runtime);
@@ -147,7 +151,7 @@ fn check_jwt<N, V>(
     policy: &Policy,
     headers: &[(N, V)],
     token: &str,
-    runtime: &Runtime<'_>,
+    runtime: &Runtime<'_, '_>,
 ) -> Result<(Rc<VerifiedToken>, Option<String>), Denial>
 where
     N: AsRef<str>,
@@ -173,9 +177,23 @@ where
             return Err(Code::ExpiredToken.into());
         }
         None => {
-            let verified = match jwt::verify(&policy.jwt_providers, index, token, now_s) {
+            // Row 16: a JWKS source that never loaded, and no inline keys.
+            let fetched = match runtime.fetched.jwks(index) {
+                Ok(keys) => keys,
+                Err(_) if provider.keys.is_empty() => return Err(Code::AuthUnavailable.into()),
+                Err(_) => &[],
+            };
+            let keys: Vec<_> = provider.keys.iter().chain(fetched).collect();
+            let verified = match jwt::verify(&policy.jwt_providers, index, &keys, token, now_s) {
                 Ok(verified) => Rc::new(verified),
                 Err(TokenError::Expired) => return Err(Code::ExpiredToken.into()),
+                Err(TokenError::UnknownKid) => {
+                    // Keys rotate: a fresh JWKS may know this kid (rate-limited).
+                    if let Some(id) = runtime.fetched.jwks_source_id(index) {
+                        SharedSource::new(runtime.store, id).request_early(runtime.now_ns);
+                    }
+                    return Err(Code::InvalidToken.into());
+                }
                 Err(TokenError::Invalid(_)) => return Err(Code::InvalidToken.into()),
             };
             runtime.tokens.borrow_mut().insert(hash, Rc::clone(&verified));
@@ -216,22 +234,34 @@ where
 type KeyResult<'p> = Result<&'p ApiKey, (Option<&'p ApiKey>, Denial)>;
 
 /// Decision-table rows 3 and 5–7 for an API key.
-fn check_api_key<'p>(policy: &'p Policy, key: &str, prefix_account: Option<&str>, now_s: u64) -> KeyResult<'p> {
+fn check_api_key<'p>(
+    policy: &'p Policy,
+    fetched: &'p Fetched,
+    key: &str,
+    prefix_account: Option<&str>,
+    now_s: u64,
+) -> KeyResult<'p> {
     if prefix_account.is_some_and(|account| !policy.accounts.is_valid(account)) {
         return Err((None, Code::InvalidAccount.into()));
     }
     let Some(api_keys) = &policy.api_keys else {
         return Err((None, Code::InvalidApiKey.into()));
     };
+    // Row 16: a key source that never loaded, and nothing inline to fall back on.
+    let remote = match fetched.keys() {
+        Ok(remote) => remote,
+        Err(_) if api_keys.inline.is_empty() => return Err((None, Code::AuthUnavailable.into())),
+        Err(_) => None,
+    };
     let hash = api_keys.hasher.hash(key);
-    let found = api_keys.inline.find(&hash);
+    let found = remote.and_then(|set| set.find(&hash)).or_else(|| api_keys.inline.find(&hash));
     let Some(found) = found.filter(|k| prefix_account.is_none_or(|account| account == k.account)) else {
         return Err((None, Code::InvalidApiKey.into()));
     };
     if found.expires_at.is_some_and(|at| now_s >= at) {
         return Err((Some(found), Code::ExpiredApiKey.into()));
     }
-    if api_keys.inline.is_revoked(&found.id) {
+    if api_keys.inline.is_revoked(&found.id) || remote.is_some_and(|set| set.is_revoked(&found.id)) {
         return Err((Some(found), Code::RevokedApiKey.into()));
     }
     Ok(found)
@@ -245,7 +275,7 @@ fn admit<'p>(
     route: &Route,
     identity: Identity<'p>,
     subject: &RateSubject,
-    runtime: &Runtime<'_>,
+    runtime: &Runtime<'_, '_>,
 ) -> Decision<'p> {
     let verdict = authorize(policy, route, identity);
     let plan = subject.plan.and_then(|id| policy.plans.get(id));
@@ -295,8 +325,8 @@ mod tests {
     use crate::config::{parse, Environment};
     use crate::rate_limit::MemoryStore;
 
-    fn runtime<'a>(now_ns: u64, store: &'a MemoryStore, tokens: &'a RefCell<TokenCache>) -> Runtime<'a> {
-        Runtime { now_ns, store, tokens }
+    fn runtime<'a>(now_ns: u64, store: &'a MemoryStore, tokens: &'a RefCell<TokenCache>) -> Runtime<'a, 'static> {
+        Runtime { now_ns, store, tokens, fetched: Box::leak(Box::new(Fetched::empty())) }
     }
 
     struct Pepper;

@@ -10,10 +10,12 @@ pub mod config;
 pub mod credential;
 pub mod decision;
 pub mod denial;
+pub mod fetched;
 pub mod jwt;
 pub mod keygen;
 pub mod rate_limit;
 pub mod route;
+pub mod source;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

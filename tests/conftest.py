@@ -16,6 +16,7 @@ def envoy_factory(upstream):
     started = []
 
     def start(policy, ready=True, **kwargs):
+        """`kwargs` go to `Envoy` (pepper, concurrency, edit)."""
         envoy = Envoy(policy, upstream, **kwargs)
         started.append(envoy)
         return envoy.wait_ready() if ready else envoy

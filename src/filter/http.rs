@@ -6,6 +6,7 @@ use crate::action::{act, Action as Apply};
 use crate::config::{Mode, Policy};
 use crate::decision::{decide, Decision, Request, Runtime, Verdict};
 use crate::denial::{Code, Denial, Reply};
+use crate::fetched::Fetched;
 use crate::jwt::TokenCache;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
@@ -20,6 +21,8 @@ pub struct HttpFilter {
     metrics: Option<Rc<Metrics>>,
     /// This worker's verified tokens, shared by its requests.
     tokens: Rc<RefCell<TokenCache>>,
+    /// This worker's fetched key set and JWKS.
+    fetched: Rc<RefCell<Option<Fetched>>>,
     /// Added to upstream's response (`x-ratelimit-*`).
     response_headers: Vec<(&'static str, String)>,
 }
@@ -30,8 +33,9 @@ impl HttpFilter {
         policy: Option<Rc<Policy>>,
         metrics: Option<Rc<Metrics>>,
         tokens: Rc<RefCell<TokenCache>>,
+        fetched: Rc<RefCell<Option<Fetched>>>,
     ) -> Self {
-        Self { context_id, policy, metrics, tokens, response_headers: Vec::new() }
+        Self { context_id, policy, metrics, tokens, fetched, response_headers: Vec::new() }
     }
 
     fn send(&self, reply: &Reply) -> Action {
@@ -88,7 +92,13 @@ impl HttpContext for HttpFilter {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let request = Request { method: &method, path: &path, headers: &headers };
-        let runtime = Runtime { now_ns, store: &HostStore, tokens: &self.tokens };
+        if let Some(fetched) = self.fetched.borrow_mut().as_mut() {
+            fetched.sync(&policy, &HostStore);
+        }
+        let fetched = self.fetched.borrow();
+        let nothing = Fetched::empty();
+        let runtime =
+            Runtime { now_ns, store: &HostStore, tokens: &self.tokens, fetched: fetched.as_ref().unwrap_or(&nothing) };
         let decision = decide(&policy, &request, &runtime);
         self.record(&policy, &decision);
 

@@ -3,6 +3,7 @@
 //! Envoy aggregates them into one counter per name.
 
 use crate::denial::Code;
+use crate::fetched::Kind;
 use crate::rate_limit::{Charge, ChargeResult};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
@@ -14,11 +15,18 @@ pub struct Metrics {
     cas_conflicts: u32,
     table_full: u32,
     contended: u32,
+    keyset_ok: u32,
+    keyset_failed: u32,
+    jwks_ok: u32,
+    jwks_failed: u32,
+    keyset_generation: u32,
+    keyset_size: u32,
 }
 
 impl Metrics {
     pub fn define() -> Option<Self> {
         let counter = |name: &str| hostcalls::define_metric(MetricType::Counter, name).ok();
+        let gauge = |name: &str| hostcalls::define_metric(MetricType::Gauge, name).ok();
         let per_code = |prefix: &str| -> Option<[u32; Code::ALL.len()]> {
             let mut ids = [0; Code::ALL.len()];
             for (id, code) in ids.iter_mut().zip(Code::ALL) {
@@ -33,6 +41,12 @@ impl Metrics {
             cas_conflicts: counter("edge_auth.rate_limit.cas_conflicts")?,
             table_full: counter("edge_auth.rate_limit.table_full")?,
             contended: counter("edge_auth.rate_limit.contended")?,
+            keyset_ok: counter("edge_auth.keyset.refresh_ok")?,
+            keyset_failed: counter("edge_auth.keyset.refresh_failed")?,
+            jwks_ok: counter("edge_auth.jwks.refresh_ok")?,
+            jwks_failed: counter("edge_auth.jwks.refresh_failed")?,
+            keyset_generation: gauge("edge_auth.keyset.generation")?,
+            keyset_size: gauge("edge_auth.keyset.size")?,
         })
     }
 
@@ -46,6 +60,24 @@ impl Metrics {
 
     pub fn shadow_denied(&self, code: Code) {
         bump_code(&self.shadow_denied, code);
+    }
+
+    /// A fetch of a key set or JWKS ended, well or not.
+    pub fn refreshed(&self, kind: Kind, ok: bool) {
+        bump(match (kind, ok) {
+            (Kind::Keys, true) => self.keyset_ok,
+            (Kind::Keys, false) => self.keyset_failed,
+            (Kind::Jwks(_), true) => self.jwks_ok,
+            (Kind::Jwks(_), false) => self.jwks_failed,
+        });
+    }
+
+    pub fn key_set_size(&self, keys: usize) {
+        let _ = hostcalls::record_metric(self.keyset_size, u64::try_from(keys).unwrap_or(u64::MAX));
+    }
+
+    pub fn key_set_generation(&self, generation: u64) {
+        let _ = hostcalls::record_metric(self.keyset_generation, generation);
     }
 
     pub fn rate_limit(&self, result: &ChargeResult) {

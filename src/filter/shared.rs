@@ -22,6 +22,7 @@ impl SharedStore for HostStore {
 
     fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
         let cas = match cas {
+            Cas::Any => 0,
             Cas::Absent => CREATE_ONLY,
             Cas::Match(cas) => cas,
         };

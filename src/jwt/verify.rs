@@ -23,6 +23,8 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 pub enum TokenError {
     /// Row 9: bad signature, algorithm, key, issuer, audience, or not yet valid.
     Invalid(&'static str),
+    /// Row 9 too, but a fresh JWKS might know the key.
+    UnknownKid,
     /// Row 10: past `exp` beyond the clock skew.
     Expired,
 }
@@ -86,8 +88,15 @@ pub fn provider_for(providers: &[Provider], token: &str) -> Result<usize, TokenE
     providers.iter().position(|p| p.issuer == iss).ok_or(TokenError::Invalid("unknown issuer"))
 }
 
-/// Verifies `token` against provider `index` at `now_s` (Unix seconds).
-pub fn verify(providers: &[Provider], index: usize, token: &str, now_s: u64) -> Result<VerifiedToken, TokenError> {
+/// Verifies `token` against provider `index` and its current `keys` (inline
+/// and fetched) at `now_s` (Unix seconds).
+pub fn verify(
+    providers: &[Provider],
+    index: usize,
+    keys: &[&VerifyKey],
+    token: &str,
+    now_s: u64,
+) -> Result<VerifiedToken, TokenError> {
     let provider = providers.get(index).ok_or(TokenError::Invalid("unknown issuer"))?;
     let (header, _) = parts(token)?;
     let header: Header = decode_part(header)?;
@@ -103,18 +112,18 @@ pub fn verify(providers: &[Provider], index: usize, token: &str, now_s: u64) -> 
         .filter(|alg| provider.algorithms.contains(alg))
         .ok_or(TokenError::Invalid("algorithm not allowed"))?;
     let candidates: Vec<&VerifyKey> = match &header.kid {
-        Some(kid) => provider.keys.iter().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
-        None => provider.keys.iter().collect(),
+        Some(kid) => keys.iter().copied().filter(|k| k.kid.as_deref() == Some(kid)).collect(),
+        None => keys.to_vec(),
     };
     if candidates.is_empty() {
-        return Err(TokenError::Invalid("unknown kid"));
+        return Err(if header.kid.is_some() { TokenError::UnknownKid } else { TokenError::Invalid("no key") });
     }
     // The key's type pins the algorithm; a token cannot pick another.
     let claims = candidates
         .iter()
         .filter(|key| key.algorithm() == alg)
         .find_map(|key| check_signature(key, token))
-        .ok_or(TokenError::Invalid("bad signature"))?;
+        .ok_or(TokenError::Invalid("bad signature or claims"))?;
     judge(provider, index, claims, now_s)
 }
 

@@ -26,6 +26,8 @@ const VERSION: u8 = 1;
 /// How a write is conditioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cas {
+    /// Whatever the key holds (for a value only one writer owns).
+    Any,
     /// Only if the key does not exist yet.
     Absent,
     /// Only if the key still has this CAS value.
@@ -266,6 +268,10 @@ impl SharedStore for MemoryStore {
         let mut data = self.data.lock().map_err(|_| Conflict)?;
         let next = self.next_cas.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_add(1);
         match (data.get_mut(key), cas) {
+            (Some(slot), Cas::Any) => {
+                *slot = (value.to_vec(), next);
+                Ok(())
+            }
             (Some(_), Cas::Absent) => Err(Conflict),
             (Some(slot), Cas::Match(expected)) if slot.1 != expected => Err(Conflict),
             (Some(slot), Cas::Match(_)) => {

@@ -1,0 +1,85 @@
+"""A key server and JWKS server for the tests: serves documents it is told to,
+fails or hangs on demand, supports ETag, and counts every fetch."""
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class KeyServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.lock = threading.Lock()
+        self.documents = {}  # path -> dict
+        self.mode = "ok"  # ok | error | garbage | hang
+        self.hits = []  # (monotonic time, path)
+        self.versions = 0
+
+    @property
+    def port(self):
+        return self.server_address[1]
+
+    def start(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def publish(self, path, document):
+        with self.lock:
+            self.versions += 1
+            self.documents[path] = dict(document)
+
+    def hits_on(self, path, since=0.0):
+        with self.lock:
+            return [t for t, p in self.hits if p == path and t >= since]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True
+
+    def do_GET(self):
+        server = self.server
+        with server.lock:
+            server.hits.append((time.monotonic(), self.path))
+            mode = server.mode
+            document = server.documents.get(self.path)
+        if mode == "hang":
+            time.sleep(8)
+            return
+        if mode == "error" or document is None:
+            return self._send(500, b'{"error":"down"}')
+        if mode == "garbage":
+            return self._send(200, b'{"version": "x", "keys": [ {"id": "broken"')
+        body = json.dumps(document).encode()
+        etag = f'"{hash(body) & 0xffffffff:x}"'
+        if self.headers.get("if-none-match") == etag:
+            return self._send(304, b"", etag)
+        self._send(200, body, etag)
+
+    def _send(self, status, body, etag=None):
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        if etag:
+            self.send_header("etag", etag)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def add_cluster(name, port):
+    """An Envoy config edit adding a static cluster `name` on 127.0.0.1:`port`."""
+    def edit(config):
+        config["static_resources"]["clusters"].append({
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]},
+        })
+    return edit

@@ -8,6 +8,7 @@ use edge_auth::action::act;
 use edge_auth::api_key::KeyHasher;
 use edge_auth::config::{self, Environment, Policy};
 use edge_auth::decision::{decide, Request, Runtime};
+use edge_auth::fetched::Fetched;
 use edge_auth::rate_limit::MemoryStore;
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -83,10 +84,11 @@ fn bench_decision(policy: &Policy, label: &str, pairs: &[(&str, &str)]) {
     let request = Request { method: "GET", path: "/v1/agents/42?verbose=1", headers: &headers };
     let store = MemoryStore::default();
     let tokens = RefCell::default();
+    let fetched = Fetched::empty();
     let mut now_ns = 1_800_000_000_000_000_000u64;
     measure(label, 100_000, || {
         now_ns += 1_000;
-        let runtime = Runtime { now_ns, store: &store, tokens: &tokens };
+        let runtime = Runtime { now_ns, store: &store, tokens: &tokens, fetched: &fetched };
         let decision = decide(black_box(policy), black_box(&request), &runtime);
         black_box(act(policy, &decision));
     });

@@ -161,11 +161,6 @@ impl Fetched {
     pub fn jwks_source_id(&self, n: usize) -> Option<&str> {
         self.find(Kind::Jwks(n)).map(|l| l.spec.id.as_str())
     }
-
-    /// The generation of the key set in use (0: none), for the gauges.
-    pub fn keys_generation(&self) -> u64 {
-        self.find(Kind::Keys).map_or(0, |l| l.generation)
-    }
 }
 
 /// A source that has never produced a valid document.

@@ -6,7 +6,7 @@ use super::http::HttpFilter;
 use super::metrics::Metrics;
 use super::shared::HostStore;
 use crate::config::{self, Policy, ProcessEnv};
-use crate::fetched::{self, Document, Fetched, SourceSpec};
+use crate::fetched::{self, Document, Fetched, Kind, SourceSpec};
 use crate::jwt::TokenCache;
 use crate::source::{Outcome, SharedSource, MAX_BODY};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
@@ -160,8 +160,13 @@ impl RootContext for Root {
                 self.fetch(index, &etag);
             }
         }
-        if let (Some(metrics), Some(fetched)) = (&self.metrics, self.fetched.borrow().as_ref()) {
-            metrics.key_set_generation(fetched.keys_generation());
+        // Idle workers stay current too, not only those serving requests.
+        if let (Some(policy), Some(fetched)) = (&self.policy, self.fetched.borrow_mut().as_mut()) {
+            fetched.sync(policy, &HostStore);
+        }
+        let keys = self.sources.iter().find(|s| s.kind == Kind::Keys);
+        if let (Some(metrics), Some(spec)) = (&self.metrics, keys) {
+            metrics.key_set_generation(SharedSource::new(&HostStore, &spec.id).meta().generation);
         }
     }
 

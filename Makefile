@@ -51,6 +51,7 @@ bench:
 
 bench-envoy: wasm cli venv
 	$(PYTHON) bench/jwt_in_envoy.py
+	$(PYTHON) bench/revocation.py
 
 clean:
 	cargo clean

@@ -119,7 +119,10 @@ impl<'a> SharedSource<'a> {
             }
             meta.lease_holder = holder;
             meta.lease_until_ns = now_ns.saturating_add(nanos(LEASE));
-            meta.next_fetch_ns = now_ns.saturating_add(nanos(refresh));
+            // On the schedule, not from whenever a tick noticed the fetch was
+            // due; after a long pause, from now.
+            let scheduled = meta.next_fetch_ns.saturating_add(nanos(refresh));
+            meta.next_fetch_ns = if scheduled > now_ns { scheduled } else { now_ns.saturating_add(nanos(refresh)) };
             *etag.borrow_mut() = Some(meta.etag.clone());
             true
         });
@@ -203,8 +206,11 @@ mod tests {
         assert_eq!(source.try_lease(2, T0, REFRESH), None, "leased");
         source.finish(1, T0, REFRESH, Outcome::Fresh { body: b"v1".to_vec(), etag: Some("\"e1\"".into()) });
         assert_eq!(source.try_lease(2, T0 + S / 2, REFRESH), None, "not due");
-        assert_eq!(source.try_lease(2, T0 + S, REFRESH), Some("\"e1\"".into()));
-        assert_eq!(source.try_lease(1, T0 + S, REFRESH), None);
+        // Noticed late, the next fetch stays on the schedule.
+        assert_eq!(source.try_lease(2, T0 + S + S / 10, REFRESH), Some("\"e1\"".into()));
+        assert_eq!(source.try_lease(1, T0 + S + S / 10, REFRESH), None);
+        source.finish(2, T0 + S + S / 10, REFRESH, Outcome::Unchanged);
+        assert!(source.try_lease(1, T0 + 2 * S, REFRESH).is_some());
     }
 
     #[test]

@@ -18,7 +18,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 /// How long a fetch may take before it counts as failed.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a worker waits between looks at its sources.
+/// How often a worker looks at its sources: a few times per interval,
+/// between 10 ms and 1 s.
+const TICKS_PER_INTERVAL: u32 = 4;
+const MIN_TICK: Duration = Duration::from_millis(10);
 const MAX_TICK: Duration = Duration::from_secs(1);
 
 #[derive(Default)]
@@ -141,8 +144,10 @@ impl RootContext for Root {
             policy.routes.len()
         );
         self.sources = fetched::sources(&policy);
-        if let Some(tick) = self.sources.iter().map(|s| s.refresh).min() {
-            self.set_tick_period(tick.min(MAX_TICK));
+        // Several looks per interval: a fetch falls due between ticks, and
+        // waiting a whole tick for it would add up to an interval of delay.
+        if let Some(refresh) = self.sources.iter().map(|s| s.refresh).min() {
+            self.set_tick_period((refresh / TICKS_PER_INTERVAL).clamp(MIN_TICK, MAX_TICK));
         }
         *self.fetched.borrow_mut() = Some(Fetched::new(&policy));
         self.tokens.borrow_mut().clear();

@@ -1,14 +1,20 @@
 """A demo upstream: answers every request with a JSON echo of what it received.
 
 The identity headers edge-auth injected are visible in the echo, which is how
-`make run` shows the filter working. The tests use the same server and read
+`make run` shows the filter working. It also plays the key server: GET
+/edge/keyset.json answers envoy/keyset.json. The tests use the same server and read
 `received` to prove that denied requests never arrived.
 """
 
 import json
 import sys
 import threading
+import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+KEYSET_PATH = "/edge/keyset.json"
+KEYSET_FILE = Path(__file__).resolve().parent / "keyset.json"
 
 
 class Upstream(ThreadingHTTPServer):
@@ -43,6 +49,8 @@ class _Handler(BaseHTTPRequestHandler):
     disable_nagle_algorithm = True
 
     def _echo(self):
+        if self.path == KEYSET_PATH and KEYSET_FILE.exists():
+            return self._keyset()
         length = int(self.headers.get("content-length") or 0)
         if length:
             self.rfile.read(length)
@@ -53,6 +61,22 @@ class _Handler(BaseHTTPRequestHandler):
             {"method": self.command, "path": self.path, "headers": dict(headers)}, indent=2
         ).encode()
         self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _keyset(self):
+        """The demo key server: envoy/keyset.json, read afresh each time so
+        edits show up at the next refresh."""
+        body = KEYSET_FILE.read_bytes()
+        etag = f'"{zlib.crc32(body):08x}"'
+        if self.headers.get("if-none-match") == etag:
+            body, status = b"", 304
+        else:
+            status = 200
+        self.send_response(status)
+        self.send_header("etag", etag)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(body)))
         self.end_headers()

@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEMO_PEPPER = "demo-pepper-not-for-production"
 DEMO_KEY = "sk_live_acme_DemoKey0000000000000000000000000001"
 REVOKED_KEY = "sk_live_acme_RevokedKey00000000000000000000000002"
+SERVED_KEY = "sk_live_globex_ServedKey000000000000000000000005"
 
 
 def main():
@@ -55,6 +56,14 @@ edge-auth is running: Envoy on http://localhost:10000 -> demo upstream on :{upst
 
   # a public route: no credential needed, spoofed identity headers are stripped
   curl -s localhost:10000/api/accounts -H 'x-org-id: spoofed'
+
+  # a key from the key server (envoy/keyset.json, fetched every second):
+  curl -s localhost:10000/v1/agents -H 'x-api-key: {SERVED_KEY}'
+  # revoke it without touching Envoy: add "key_served" to "revoked" in
+  # envoy/keyset.json, and within a second the same curl answers 403.
+
+  # counters and the key-set gauges
+  curl -s 127.0.0.1:9901/stats/prometheus | grep edge_auth_
 
 Ctrl-C to stop.
 """, flush=True)

@@ -73,9 +73,11 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def add_cluster(name, port):
-    """An Envoy config edit adding a static cluster `name` on 127.0.0.1:`port`."""
+    """An Envoy config edit adding (or replacing) a static cluster `name` on 127.0.0.1:`port`."""
     def edit(config):
-        config["static_resources"]["clusters"].append({
+        clusters = config["static_resources"]["clusters"]
+        clusters[:] = [c for c in clusters if c["name"] != name]
+        clusters.append({
             "name": name,
             "type": "STATIC",
             "connect_timeout": "1s",

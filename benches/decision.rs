@@ -9,6 +9,7 @@ use edge_auth::api_key::KeyHasher;
 use edge_auth::config::{self, Environment, Policy};
 use edge_auth::decision::{decide, Request, Runtime};
 use edge_auth::fetched::Fetched;
+use edge_auth::jwt::NoSignatureHost;
 use edge_auth::rate_limit::MemoryStore;
 use std::cell::RefCell;
 use std::hint::black_box;
@@ -88,7 +89,8 @@ fn bench_decision(policy: &Policy, label: &str, pairs: &[(&str, &str)]) {
     let mut now_ns = 1_800_000_000_000_000_000u64;
     measure(label, 100_000, || {
         now_ns += 1_000;
-        let runtime = Runtime { now_ns, store: &store, tokens: &tokens, fetched: &fetched };
+        let runtime =
+            Runtime { now_ns, store: &store, tokens: &tokens, fetched: &fetched, signatures: &NoSignatureHost };
         let decision = decide(black_box(policy), black_box(&request), &runtime);
         black_box(act(policy, &decision));
     });

@@ -5,7 +5,7 @@ use crate::config::Policy;
 use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
 use crate::fetched::Fetched;
-use crate::jwt::{self, TokenCache, TokenError, VerifiedToken};
+use crate::jwt::{self, SignatureHost, TokenCache, TokenError, VerifiedToken};
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota, SharedStore};
 use crate::route::{self, Auth, CredentialKind, Route};
 use crate::source::SharedSource;
@@ -31,6 +31,8 @@ pub struct Runtime<'a, 'f> {
     pub tokens: &'a RefCell<TokenCache>,
     /// Key sets and JWKS fetched from the policy's sources.
     pub fetched: &'f Fetched,
+    /// Native signature checks, where the host has them.
+    pub signatures: &'a dyn SignatureHost,
 }
 
 /// The authenticated caller, as upstream will see it.
@@ -184,7 +186,7 @@ where
                 Err(_) => &[],
             };
             let keys: Vec<_> = provider.keys.iter().chain(fetched).collect();
-            let verified = match jwt::verify(&policy.jwt_providers, index, &keys, token, now_s) {
+            let verified = match jwt::verify(&policy.jwt_providers, index, &keys, runtime.signatures, token, now_s) {
                 Ok(verified) => Rc::new(verified),
                 Err(TokenError::Expired) => return Err(Code::ExpiredToken.into()),
                 Err(TokenError::UnknownKid) => {
@@ -323,10 +325,11 @@ mod tests {
     use super::*;
     use crate::api_key::KeyHasher;
     use crate::config::{parse, Environment};
+    use crate::jwt::NoSignatureHost;
     use crate::rate_limit::MemoryStore;
 
     fn runtime<'a>(now_ns: u64, store: &'a MemoryStore, tokens: &'a RefCell<TokenCache>) -> Runtime<'a, 'static> {
-        Runtime { now_ns, store, tokens, fetched: Box::leak(Box::new(Fetched::empty())) }
+        Runtime { now_ns, store, tokens, fetched: Box::leak(Box::new(Fetched::empty())), signatures: &NoSignatureHost }
     }
 
     struct Pepper;

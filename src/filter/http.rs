@@ -2,6 +2,7 @@
 
 use super::metrics::Metrics;
 use super::shared::HostStore;
+use super::signatures::EnvoySignatures;
 use crate::action::{act, Action as Apply};
 use crate::config::{Mode, Policy};
 use crate::decision::{decide, Decision, Request, Runtime, Verdict};
@@ -23,6 +24,7 @@ pub struct HttpFilter {
     tokens: Rc<RefCell<TokenCache>>,
     /// This worker's fetched key set and JWKS.
     fetched: Rc<RefCell<Option<Fetched>>>,
+    signatures: Rc<EnvoySignatures>,
     /// Added to upstream's response (`x-ratelimit-*`).
     response_headers: Vec<(&'static str, String)>,
 }
@@ -34,8 +36,9 @@ impl HttpFilter {
         metrics: Option<Rc<Metrics>>,
         tokens: Rc<RefCell<TokenCache>>,
         fetched: Rc<RefCell<Option<Fetched>>>,
+        signatures: Rc<EnvoySignatures>,
     ) -> Self {
-        Self { context_id, policy, metrics, tokens, fetched, response_headers: Vec::new() }
+        Self { context_id, policy, metrics, tokens, fetched, signatures, response_headers: Vec::new() }
     }
 
     fn send(&self, reply: &Reply) -> Action {
@@ -97,8 +100,13 @@ impl HttpContext for HttpFilter {
         }
         let fetched = self.fetched.borrow();
         let nothing = Fetched::empty();
-        let runtime =
-            Runtime { now_ns, store: &HostStore, tokens: &self.tokens, fetched: fetched.as_ref().unwrap_or(&nothing) };
+        let runtime = Runtime {
+            now_ns,
+            store: &HostStore,
+            tokens: &self.tokens,
+            fetched: fetched.as_ref().unwrap_or(&nothing),
+            signatures: self.signatures.as_ref(),
+        };
         let decision = decide(&policy, &request, &runtime);
         self.record(&policy, &decision);
 

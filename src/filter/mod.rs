@@ -4,6 +4,7 @@ mod http;
 mod metrics;
 mod root;
 mod shared;
+mod signatures;
 
 use proxy_wasm::types::LogLevel;
 

@@ -5,6 +5,7 @@
 use super::http::HttpFilter;
 use super::metrics::Metrics;
 use super::shared::HostStore;
+use super::signatures::EnvoySignatures;
 use crate::config::{self, Policy, ProcessEnv};
 use crate::fetched::{self, Document, Fetched, Kind, SourceSpec};
 use crate::jwt::TokenCache;
@@ -36,6 +37,7 @@ pub struct Root {
     holder: u64,
     /// Fetches in flight: call token → source index.
     pending: HashMap<u32, usize>,
+    signatures: Rc<EnvoySignatures>,
 }
 
 impl Root {
@@ -182,6 +184,7 @@ impl RootContext for Root {
             self.metrics.clone(),
             Rc::clone(&self.tokens),
             Rc::clone(&self.fetched),
+            Rc::clone(&self.signatures),
         )))
     }
 

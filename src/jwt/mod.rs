@@ -1,6 +1,7 @@
 //! JWT providers: configuration and key material.
 
 mod cache;
+pub mod host_wire;
 mod jwks;
 mod verify;
 
@@ -67,6 +68,25 @@ pub struct Provider {
 pub struct VerifyKey {
     pub kid: Option<String>,
     key: KeyImpl,
+    /// SubjectPublicKeyInfo DER of an RSA or EC key, for host-side checks.
+    der: Option<Vec<u8>>,
+}
+
+/// Signature checks the host can do natively (Envoy's `verify_signature`
+/// foreign function, BoringSSL), far faster than pure Rust in wasm.
+pub trait SignatureHost {
+    /// Verifies a SHA-256 signature (RSA PKCS#1 v1.5, or DER-encoded ECDSA)
+    /// of `message` under the DER public key; `None` if the host cannot.
+    fn verify_sha256(&self, public_key_der: &[u8], message: &[u8], signature: &[u8]) -> Option<bool>;
+}
+
+/// A host without native signature checks: everything is verified in wasm.
+pub struct NoSignatureHost;
+
+impl SignatureHost for NoSignatureHost {
+    fn verify_sha256(&self, _: &[u8], _: &[u8], _: &[u8]) -> Option<bool> {
+        None
+    }
 }
 
 enum KeyImpl {
@@ -78,17 +98,21 @@ enum KeyImpl {
 impl VerifyKey {
     pub fn new(jwk: &Jwk) -> Result<Self, &'static str> {
         use jwt_simple::prelude::{ES256PublicKey, HS256Key, RS256PublicKey};
-        let key = match &jwk.material {
-            KeyMaterial::Oct(k) => KeyImpl::Hs256(HS256Key::from_bytes(k)),
+        let (key, der) = match &jwk.material {
+            KeyMaterial::Oct(k) => (KeyImpl::Hs256(HS256Key::from_bytes(k)), None),
             KeyMaterial::Rsa { n, e } => {
-                KeyImpl::Rs256(Box::new(RS256PublicKey::from_components(n, e).map_err(|_| "unusable RSA key")?))
+                let key = RS256PublicKey::from_components(n, e).map_err(|_| "unusable RSA key")?;
+                let der = key.to_der().map_err(|_| "unusable RSA key")?;
+                (KeyImpl::Rs256(Box::new(key)), Some(der))
             }
             KeyMaterial::Ec { x, y } => {
                 let point: Vec<u8> = [&[0x04][..], x, y].concat();
-                KeyImpl::Es256(ES256PublicKey::from_bytes(&point).map_err(|_| "not a point on P-256")?)
+                let key = ES256PublicKey::from_bytes(&point).map_err(|_| "not a point on P-256")?;
+                let der = key.to_der().map_err(|_| "not a point on P-256")?;
+                (KeyImpl::Es256(key), Some(der))
             }
         };
-        Ok(Self { kid: jwk.kid.clone(), key })
+        Ok(Self { kid: jwk.kid.clone(), key, der })
     }
 
     /// The one algorithm this key verifies.

@@ -90,7 +90,7 @@ fn payload() -> serde_json::Value {
 fn check(providers: &[Provider], token: &str, now: u64) -> Result<VerifiedToken, TokenError> {
     let index = provider_for(providers, token)?;
     let keys: Vec<&VerifyKey> = providers[index].keys.iter().collect();
-    verify(providers, index, &keys, token, now)
+    verify(providers, index, &keys, &NoSignatureHost, token, now)
 }
 
 #[test]
@@ -233,4 +233,66 @@ fn garbage_never_panics() {
     for token in ["", ".", "..", "a.b.c", "e30.e30.", "eyJhbGciOiJIUzI1NiJ9.!!!.x", &"a".repeat(9000)] {
         let _ = check(&p, token, NOW);
     }
+}
+
+/// A host that answers as told and records what it was asked.
+struct FakeHost {
+    answer: Option<bool>,
+    calls: std::cell::RefCell<Vec<Vec<u8>>>,
+}
+
+impl SignatureHost for FakeHost {
+    fn verify_sha256(&self, _der: &[u8], _message: &[u8], signature: &[u8]) -> Option<bool> {
+        self.calls.borrow_mut().push(signature.to_vec());
+        self.answer
+    }
+}
+
+fn with_host(providers: &[Provider], token: &str, host: &FakeHost) -> Result<VerifiedToken, TokenError> {
+    let index = provider_for(providers, token)?;
+    let keys: Vec<&VerifyKey> = providers[index].keys.iter().collect();
+    verify(providers, index, &keys, host, token, NOW)
+}
+
+#[test]
+fn the_host_decides_rsa_and_ec_signatures_when_it_can() {
+    let p = providers("");
+    let es = keys().es.sign(at_now(claims())).unwrap();
+    let rs = keys().rs.sign(at_now(claims())).unwrap();
+    for token in [&es, &rs] {
+        let refusing = FakeHost { answer: Some(false), calls: Default::default() };
+        assert_eq!(with_host(&p, token, &refusing), Err(TokenError::Invalid("bad signature or claims")));
+        let accepting = FakeHost { answer: Some(true), calls: Default::default() };
+        assert_eq!(with_host(&p, token, &accepting).map(|v| v.subject), Ok("user-1".to_owned()));
+        // Claims are still judged after the host's yes.
+        assert_eq!(check_later(&p, token, &accepting), Err(TokenError::Expired));
+        let absent = FakeHost { answer: None, calls: Default::default() };
+        assert!(with_host(&p, token, &absent).is_ok(), "falls back to wasm");
+    }
+    // ECDSA reaches the host DER-encoded, RSA as is.
+    let accepting = FakeHost { answer: Some(true), calls: Default::default() };
+    with_host(&p, &es, &accepting).unwrap();
+    with_host(&p, &rs, &accepting).unwrap();
+    let calls = accepting.calls.borrow();
+    assert_eq!(calls[0][0], 0x30, "DER SEQUENCE");
+    assert_eq!(calls[1].len(), 256, "2048-bit RSA signature");
+}
+
+fn check_later(p: &[Provider], token: &str, host: &FakeHost) -> Result<VerifiedToken, TokenError> {
+    let index = provider_for(p, token)?;
+    let keys: Vec<&VerifyKey> = p[index].keys.iter().collect();
+    verify(p, index, &keys, host, token, NOW + 3_600)
+}
+
+#[test]
+fn hmac_never_goes_to_the_host_and_typ_must_say_jwt() {
+    let p = providers("");
+    let host = FakeHost { answer: Some(false), calls: Default::default() };
+    assert!(with_host(&p, &forge(r#"{"alg":"HS256","kid":"hs"}"#, &payload()), &host).is_ok());
+    assert!(host.calls.borrow().is_empty());
+    assert!(with_host(&p, &forge(r#"{"alg":"HS256","kid":"hs","typ":"at+jwt"}"#, &payload()), &host).is_ok());
+    assert_eq!(
+        with_host(&p, &forge(r#"{"alg":"HS256","kid":"hs","typ":"JOSE"}"#, &payload()), &host),
+        Err(TokenError::Invalid("not a JWT"))
+    );
 }

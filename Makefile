@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-envoy clean
+.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-envoy oci clean
 
 all: wasm cli
 
@@ -52,6 +52,23 @@ bench:
 bench-envoy: wasm cli venv
 	$(PYTHON) bench/jwt_in_envoy.py
 	$(PYTHON) bench/revocation.py
+
+# Istio's wasm image (compat variant: one layer holding /plugin.wasm), built
+# without a Docker daemon. Push it with skopeo or any registry client.
+OCI     := target/edge-auth-oci.tar
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
+BUILDAH := buildah --storage-driver vfs
+
+oci: wasm
+	@command -v buildah >/dev/null || { echo "make oci needs buildah: apt-get install buildah"; exit 1; }
+	mkdir -p target/oci && cp $(WASM) target/oci/plugin.wasm
+	c=$$($(BUILDAH) from scratch) && \
+	  $(BUILDAH) copy $$c target/oci/plugin.wasm /plugin.wasm >/dev/null && \
+	  $(BUILDAH) config --annotation module.wasm.image/variant=compat-smart $$c && \
+	  $(BUILDAH) commit --quiet --format oci $$c oci-archive:$(OCI):edge-auth:$(VERSION) && \
+	  $(BUILDAH) rm $$c >/dev/null
+	@echo "built $(OCI) (edge-auth:$(VERSION)); push it with:"
+	@echo "  skopeo copy oci-archive:$(OCI) docker://registry.example.com/platform/edge-auth:$(VERSION)"
 
 clean:
 	cargo clean

@@ -14,6 +14,7 @@ usage:
                     [--expires 90d] [--prefix sk_live_] [--json]
   edge-auth key hash KEY|-          (- reads the key from standard input)
   edge-auth policy check FILE
+  edge-auth policy diff OLD NEW      (what a rollout changes; both must pass check)
 
 The pepper is read from $EDGE_AUTH_PEPPER.";
 
@@ -30,6 +31,7 @@ fn main() -> ExitCode {
         ["key", "new", rest @ ..] => key_new(rest),
         ["key", "hash", key] => key_hash(key),
         ["policy", "check", file] => policy_check(file),
+        ["policy", "diff", old, new] => policy_diff(old, new),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             Ok(())
@@ -152,5 +154,22 @@ fn policy_check(file: &str) -> Result<(), Failure> {
         policy.jwt_providers.len(),
         policy.routes.len()
     );
+    Ok(())
+}
+
+fn policy_diff(old: &str, new: &str) -> Result<(), Failure> {
+    let read = |file: &str| -> Result<config::PolicyDoc, Failure> {
+        let json = std::fs::read(file).map_err(|e| Failure::Failed(format!("{file}: {e}")))?;
+        // The same checks as `policy check`: a diff of a broken policy is no review.
+        config::parse(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("{file}: config: {e}")))?;
+        config::parse_doc(&json).map_err(|e| Failure::Failed(format!("{file}: config: {e}")))
+    };
+    let changes = config::diff(&read(old)?, &read(new)?);
+    if changes.is_empty() {
+        println!("no changes");
+    }
+    for line in changes {
+        println!("{line}");
+    }
     Ok(())
 }

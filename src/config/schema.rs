@@ -4,10 +4,10 @@
 //! silently disable a rule. Defaults are those of the product contract.
 //! Nothing here is validated beyond its JSON shape; `compile` does that.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     #[default]
@@ -15,7 +15,7 @@ pub enum Mode {
     Shadow,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyDoc {
     #[serde(default)]
@@ -45,7 +45,7 @@ fn default_reserved_accounts() -> Vec<String> {
     vec!["kataven-admin".to_owned()]
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct IdentityHeadersDoc {
     pub org: String,
@@ -69,7 +69,7 @@ impl Default for IdentityHeadersDoc {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiKeysDoc {
     #[serde(default = "default_pepper_env")]
@@ -100,7 +100,7 @@ fn default_public_prefixes() -> Vec<String> {
 }
 
 /// One API key as stored in a policy or served by a key server.
-#[derive(Debug, Clone, Deserialize, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRecordDoc {
     pub id: String,
@@ -116,7 +116,7 @@ pub struct KeyRecordDoc {
 }
 
 /// Where a key set or JWKS is fetched from: an Envoy cluster and a path.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceDoc {
     pub cluster: String,
@@ -124,13 +124,13 @@ pub struct SourceDoc {
     pub refresh_s: Option<f64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct JwtDoc {
     pub providers: Vec<ProviderDoc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderDoc {
     pub name: String,
@@ -173,12 +173,12 @@ fn default_clock_skew_s() -> u64 {
 }
 
 /// RFC 7517 JWK Set. Unknown JWK members are ignored, as the RFC requires.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct JwkSetDoc {
     pub keys: Vec<JwkDoc>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 pub struct JwkDoc {
     pub kty: String,
     pub kid: Option<String>,
@@ -193,7 +193,7 @@ pub struct JwkDoc {
     pub y: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RateLimitsDoc {
     #[serde(default)]
@@ -202,7 +202,7 @@ pub struct RateLimitsDoc {
     pub jwt_plan: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BucketDoc {
     pub name: String,
@@ -210,7 +210,7 @@ pub struct BucketDoc {
     pub per_s: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthDoc {
     #[default]
@@ -219,7 +219,7 @@ pub enum AuthDoc {
     None,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteDoc {
     pub prefix: Option<String>,

@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-envoy oci clean
+.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-envoy oci fuzz clean
 
 all: wasm cli
 
@@ -52,6 +52,18 @@ bench:
 bench-envoy: wasm cli venv
 	$(PYTHON) bench/jwt_in_envoy.py
 	$(PYTHON) bench/revocation.py
+
+# Each fuzz target for FUZZ_SECONDS (nightly toolchain, cargo-fuzz). What the
+# fuzzers find worth keeping lands in fuzz/corpus/, which `make unit` replays.
+FUZZ_TARGETS := credential decision jwt policy source_answer
+FUZZ_SECONDS ?= 60
+
+fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	for t in $(FUZZ_TARGETS); do \
+	  cargo +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=16384 || exit 1; \
+	done
 
 # Istio's wasm image (compat variant: one layer holding /plugin.wasm), built
 # without a Docker daemon. Push it with skopeo or any registry client.

@@ -11,6 +11,9 @@ pub mod credential;
 pub mod decision;
 pub mod denial;
 pub mod fetched;
+#[cfg(not(target_arch = "wasm32"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod jwt;
 pub mod keygen;
 pub mod rate_limit;

@@ -296,3 +296,33 @@ fn hmac_never_goes_to_the_host_and_typ_must_say_jwt() {
         Err(TokenError::Invalid("not a JWT"))
     );
 }
+
+/// RFC 7515 Appendix A.1 (HS256) and A.3 (ES256): published keys and tokens.
+/// The payload has no `sub`, so a token whose signature verifies is refused
+/// for that reason, and a wrong signature as "bad signature or claims".
+#[test]
+fn rfc7515_examples_verify() {
+    let json = r#"{"jwt":{"providers":[{"name":"rfc","issuer":"joe","algorithms":["HS256","ES256"],
+        "jwks":{"keys":[
+          {"kty":"oct","k":"AyM1SysPpbyDfgZld3umj1qzKObwVMkoqQ-EstJQLr_T-1qS0gZH75aKtMN3Yj0iPS4hcgUuTwjAzZr1Z9CAow"},
+          {"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}}]}}"#;
+    let p = parse(json.as_bytes(), &NoEnv).unwrap().jwt_providers;
+    let payload = "eyJpc3MiOiJqb2UiLA0KICJleHAiOjEzMDA4MTkzODAsDQogImh0dHA6Ly9leGFtcGxlLmNvbS9pc19yb290Ijp0cnVlfQ";
+    let a1 = format!("eyJ0eXAiOiJKV1QiLA0KICJhbGciOiJIUzI1NiJ9.{payload}.dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk");
+    let a3 = format!(
+        "eyJhbGciOiJFUzI1NiJ9.{payload}.DtEhU3ljbEg8L38VWAfUAqOyKAM6-Xx-F4GawxaepmXFCgfTjDxw5djxLa8ISlSApmWQxfKTUJqPP3-Kg6NU1Q"
+    );
+    let before_exp = 1_300_819_000;
+    for token in [&a1, &a3] {
+        let keys: Vec<&VerifyKey> = p[0].keys.iter().collect();
+        assert_eq!(
+            verify(&p, 0, &keys, &NoSignatureHost, token, before_exp),
+            Err(TokenError::Invalid("no usable sub"))
+        );
+        let tampered = token.replacen(".eyJpc3MiOiJqb2Ui", ".eyJpc3MiOiJqb2Ki", 1);
+        assert_eq!(
+            verify(&p, 0, &keys, &NoSignatureHost, &tampered, before_exp),
+            Err(TokenError::Invalid("bad signature or claims"))
+        );
+    }
+}

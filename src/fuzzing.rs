@@ -1,0 +1,148 @@
+//! Entry points for the fuzz targets (`fuzz/`) and for the regression test that
+//! replays their corpus (`tests/fuzz_corpus.rs`). Each must never panic on any
+//! input; the asserts are invariants, so a violation is a finding.
+
+use crate::config::{self, Environment, Policy};
+use crate::credential::{self, Credential, Malformed, Prefixes, AUTHORIZATION, X_API_KEY};
+use crate::decision::{decide, Request, Runtime, Verdict};
+use crate::fetched::{self, Fetched, Kind};
+use crate::jwt::{self, NoSignatureHost, TokenCache, VerifyKey};
+use crate::rate_limit::MemoryStore;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::cell::RefCell;
+use std::sync::OnceLock;
+
+struct FuzzEnv;
+
+impl Environment for FuzzEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        Some("fuzz-pepper".into())
+    }
+}
+
+const HS_SECRET: &[u8] = b"fuzzing-hs256-secret-0123456789abcdef";
+
+fn policy() -> &'static Policy {
+    static POLICY: OnceLock<Policy> = OnceLock::new();
+    POLICY.get_or_init(|| {
+        let json = format!(
+            r#"{{
+              "api_keys": {{"keys": [
+                {{"id":"k1","hash":"{}","org":"o","account":"acme","scopes":["a"],"plan":"p"}}],
+                "revoked":["k2"]}},
+              "jwt": {{"providers": [{{"name":"i","issuer":"https://issuer","audiences":["api"],
+                "algorithms":["HS256"],"account_header":"x-account-id",
+                "jwks":{{"keys":[{{"kty":"oct","kid":"h","k":"{}"}}]}}}}]}},
+              "rate_limits": {{"plans": {{"p": [{{"name":"b","requests":3,"per_s":60}}]}}, "jwt_plan":"p"}},
+              "routes": [{{"prefix":"/public","auth":"none"}},{{"prefix":"/opt","auth":"optional"}},
+                         {{"prefix":"/s","scopes":["a"]}},{{"path":"/jwt","credentials":["jwt"]}}]
+            }}"#,
+            crate::api_key::KeyHasher::new(b"fuzz-pepper")
+                .map(|h| h.hash("sk_live_acme_secret").to_hex())
+                .unwrap_or_default(),
+            URL_SAFE_NO_PAD.encode(HS_SECRET)
+        );
+        config::parse(json.as_bytes(), &FuzzEnv).unwrap_or_else(|e| unreachable!("fuzz policy: {e}"))
+    })
+}
+
+/// Header lines `name:value`, newline-separated; the first two lines are the
+/// method and the path.
+fn request_parts(data: &[u8]) -> (String, String, Vec<(String, Vec<u8>)>) {
+    let mut lines = data.split(|&b| b == b'\n');
+    let method = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+    let path = String::from_utf8_lossy(lines.next().unwrap_or_default()).into_owned();
+    let headers = lines
+        .map(|line| match line.iter().position(|&b| b == b':') {
+            Some(at) => {
+                let (name, value) = line.split_at(at);
+                (String::from_utf8_lossy(name).into_owned(), value.get(1..).unwrap_or_default().to_vec())
+            }
+            None => (String::from_utf8_lossy(line).into_owned(), Vec::new()),
+        })
+        .collect();
+    (method, path, headers)
+}
+
+/// The credential grammar: never two credentials, never an unusable key.
+pub fn credential(data: &[u8]) {
+    let (_, _, headers) = request_parts(data);
+    let prefixes = Prefixes { secret: vec!["sk_live_".into()], public: vec!["pk_live_".into()] };
+    let credentials = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case(AUTHORIZATION) || n.eq_ignore_ascii_case(X_API_KEY))
+        .count();
+    match credential::extract(&headers, &prefixes) {
+        Ok(found) => {
+            assert!(credentials <= 1, "accepted one of {credentials} credentials");
+            assert_eq!(found.is_some(), credentials == 1);
+            if let Some((Credential::ApiKey { key, prefix_account }, _)) = found {
+                assert!(!key.is_empty() && !key.contains([' ', '\t', ',']), "unusable key accepted");
+                if let Some(account) = prefix_account {
+                    assert!(key.contains(account));
+                }
+            }
+        }
+        Err(Malformed::Ambiguous) => {}
+        Err(_) => assert!(credentials >= 1),
+    }
+}
+
+/// The whole decision: never panics, same answer for the same request.
+pub fn decision(data: &[u8]) {
+    let (method, path, headers) = request_parts(data);
+    let request = Request { method: &method, path: &path, headers: &headers };
+    let run = || {
+        let (store, tokens, fetched) = (MemoryStore::default(), RefCell::new(TokenCache::default()), Fetched::empty());
+        let runtime = Runtime {
+            now_ns: 1_800_000_000_000_000_000,
+            store: &store,
+            tokens: &tokens,
+            fetched: &fetched,
+            signatures: &NoSignatureHost,
+        };
+        match decide(policy(), &request, &runtime).verdict {
+            Verdict::Allow(identity) => format!("{identity:?}"),
+            Verdict::Deny(denial) => denial.code.as_str().to_owned(),
+        }
+    };
+    assert_eq!(run(), run(), "the decision is not deterministic");
+}
+
+/// JWT verification on raw tokens, and on tokens whose header and payload are
+/// fuzzed but correctly signed (so the claim checks are reached).
+pub fn jwt(data: &[u8]) {
+    let providers = &policy().jwt_providers;
+    let keys: Vec<&VerifyKey> = providers.iter().flat_map(|p| p.keys.iter()).collect();
+    let token = match data.split_first() {
+        Some((0, raw)) => String::from_utf8_lossy(raw).into_owned(),
+        _ => {
+            let (header, payload) = match data.iter().position(|&b| b == 0xff) {
+                Some(at) => (data.get(..at).unwrap_or_default(), data.get(at + 1..).unwrap_or_default()),
+                None => (&br#"{"alg":"HS256","kid":"h"}"#[..], data),
+            };
+            let signing_input = format!("{}.{}", URL_SAFE_NO_PAD.encode(header), URL_SAFE_NO_PAD.encode(payload));
+            let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(HS_SECRET) else { return };
+            mac.update(signing_input.as_bytes());
+            format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes()))
+        }
+    };
+    if let Ok(index) = jwt::provider_for(providers, &token) {
+        let _ = jwt::verify(providers, index, &keys, &NoSignatureHost, &token, 1_800_000_000);
+    }
+}
+
+/// Policy documents, as Envoy hands them to the filter.
+pub fn policy_document(data: &[u8]) {
+    let _ = config::parse(data, &FuzzEnv);
+    let _ = config::parse_doc(data);
+}
+
+/// Answers of key servers and JWKS endpoints.
+pub fn source_answer(data: &[u8]) {
+    let _ = fetched::parse(policy(), Kind::Keys, data);
+    let _ = fetched::parse(policy(), Kind::Jwks(0), data);
+}

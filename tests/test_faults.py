@@ -106,16 +106,22 @@ def server():
     srv.shutdown()
 
 
-def test_a_huge_answer_never_replaces_a_good_set(envoy_factory, server):
-    path = "/keys"
+def envoy_with_key_server(envoy_factory, server, path):
+    """An Envoy whose keys come from `server` at `path`, once GOOD works."""
     server.publish(path, {"version": "1", "keys": [{"id": "key_good", "hash": key_hash(GOOD), "org": "o",
                                                      "account": "acme"}]})
     envoy = envoy_factory({"api_keys": {"source": {"cluster": "ks", "path": path, "refresh_s": 0.2}}},
                           edit=add_cluster("ks", server.port))
     deadline = time.monotonic() + 5
     while envoy.request("/x", [("x-api-key", GOOD)]).status != 200:
-        assert time.monotonic() < deadline
+        assert time.monotonic() < deadline, "the key set never loaded"
         time.sleep(0.05)
+    return envoy
+
+
+def test_a_huge_answer_never_replaces_a_good_set(envoy_factory, server):
+    path = "/keys"
+    envoy = envoy_with_key_server(envoy_factory, server, path)
     before = envoy.stats().get("wasmcustom.edge_auth.keyset.refresh_failed", 0)
     # 40 MB of records (over the 32 MiB limit), all of them revoking GOOD.
     filler = [{"id": f"k{i}", "hash": f"{i:064x}", "org": "o", "account": "acme"} for i in range(300_000)]
@@ -129,15 +135,7 @@ def test_a_huge_answer_never_replaces_a_good_set(envoy_factory, server):
 
 
 def test_a_slow_key_server_never_stalls_requests(envoy_factory, server):
-    path = "/slow"
-    server.publish(path, {"version": "1", "keys": [{"id": "key_good", "hash": key_hash(GOOD), "org": "o",
-                                                     "account": "acme"}]})
-    envoy = envoy_factory({"api_keys": {"source": {"cluster": "ks", "path": path, "refresh_s": 0.2}}},
-                          edit=add_cluster("ks", server.port))
-    deadline = time.monotonic() + 5
-    while envoy.request("/x", [("x-api-key", GOOD)]).status != 200:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    envoy = envoy_with_key_server(envoy_factory, server, "/slow")
     server.mode = "hang"  # answers nothing for 8 s
     try:
         time.sleep(0.5)

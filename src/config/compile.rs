@@ -1,6 +1,6 @@
 //! From a parsed document to the immutable [`Policy`] every request reads.
 
-use super::schema::{AuthDoc, IdentityHeadersDoc, PolicyDoc, ProviderDoc, RouteDoc, SourceDoc};
+use super::schema::{AuthDoc, IdentityHeaders, PolicyDoc, ProviderDoc, RouteDoc, SourceDoc};
 use super::{ConfigError, Environment, Mode};
 use crate::account::AccountRules;
 use crate::api_key::{is_header_safe, KeyHasher, KeySet, RecordRules};
@@ -40,17 +40,6 @@ pub struct Source {
     pub cluster: String,
     pub path: String,
     pub refresh: Duration,
-}
-
-/// Header names the filter owns: stripped from every request, then set.
-#[derive(Debug)]
-pub struct IdentityHeaders {
-    pub org: String,
-    pub account: String,
-    pub key_id: String,
-    pub subject: String,
-    pub scopes: String,
-    pub method: String,
 }
 
 pub const SHADOW_HEADER: &str = "x-edge-auth-shadow";
@@ -175,7 +164,7 @@ fn check_header_name(name: &str, path: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn compile_identity_headers(doc: &IdentityHeadersDoc) -> Result<IdentityHeaders, ConfigError> {
+fn compile_identity_headers(doc: &IdentityHeaders) -> Result<IdentityHeaders, ConfigError> {
     let fields = [
         ("org", &doc.org),
         ("account", &doc.account),
@@ -192,14 +181,7 @@ fn compile_identity_headers(doc: &IdentityHeadersDoc) -> Result<IdentityHeaders,
             return Err(ConfigError::new(path, format!("'{name}' is already used")));
         }
     }
-    Ok(IdentityHeaders {
-        org: doc.org.clone(),
-        account: doc.account.clone(),
-        key_id: doc.key_id.clone(),
-        subject: doc.subject.clone(),
-        scopes: doc.scopes.clone(),
-        method: doc.method.clone(),
-    })
+    Ok(doc.clone())
 }
 
 fn compile_source(doc: &SourceDoc, path: &str, default_refresh_s: f64) -> Result<Source, ConfigError> {

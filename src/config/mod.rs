@@ -7,7 +7,7 @@ mod compile;
 mod diff;
 mod schema;
 
-pub use compile::{ApiKeys, IdentityHeaders, Policy, Source, SHADOW_HEADER};
+pub use compile::{ApiKeys, Policy, Source, SHADOW_HEADER};
 pub use diff::diff;
 pub use schema::{BucketDoc, JwkSetDoc, KeyRecordDoc, Mode, PolicyDoc, DEFAULT_ACCOUNT_PATTERN, DEFAULT_PEPPER_ENV};
 

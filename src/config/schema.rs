@@ -25,7 +25,7 @@ pub struct PolicyDoc {
     #[serde(default = "default_reserved_accounts")]
     pub reserved_accounts: Vec<String>,
     #[serde(default)]
-    pub identity_headers: IdentityHeadersDoc,
+    pub identity_headers: IdentityHeaders,
     #[serde(default)]
     pub strip_credentials: bool,
     pub api_keys: Option<ApiKeysDoc>,
@@ -45,9 +45,10 @@ fn default_reserved_accounts() -> Vec<String> {
     vec!["kataven-admin".to_owned()]
 }
 
-#[derive(Debug, Deserialize, Serialize)]
+/// Header names the filter owns: stripped from every request, then set.
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct IdentityHeadersDoc {
+pub struct IdentityHeaders {
     pub org: String,
     pub account: String,
     pub key_id: String,
@@ -56,7 +57,7 @@ pub struct IdentityHeadersDoc {
     pub method: String,
 }
 
-impl Default for IdentityHeadersDoc {
+impl Default for IdentityHeaders {
     fn default() -> Self {
         Self {
             org: "x-org-id".to_owned(),

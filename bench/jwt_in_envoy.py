@@ -19,6 +19,7 @@ from jwt_keys import ISSUER, jwks, sign  # noqa: E402
 
 N = 1500
 API_KEY = "sk_live_acme_BenchKey0001"
+LIMITED_KEY = "sk_live_acme_BenchKey0002"
 
 
 def timed(conn, path, headers):
@@ -48,7 +49,12 @@ def answer_directly(config):
 
 def main():
     policy = {
-        "api_keys": {"keys": [{"id": "k", "hash": key_hash(API_KEY), "org": "o", "account": "acme"}]},
+        "api_keys": {"keys": [
+            {"id": "k", "hash": key_hash(API_KEY), "org": "o", "account": "acme"},
+            {"id": "k2", "hash": key_hash(LIMITED_KEY), "org": "o", "account": "acme", "plan": "big"}]},
+        # Two buckets too large to run out: the rate-limit step's cost, never a 429.
+        "rate_limits": {"plans": {"big": [{"name": "burst", "requests": 1000000000, "per_s": 1},
+                                          {"name": "day", "requests": 1000000000, "per_s": 86400}]}},
         "jwt": {"providers": [{"name": "bench", "issuer": ISSUER, "audiences": ["api"],
                                "algorithms": ["RS256", "ES256", "HS256"], "jwks": jwks()}]},
         "routes": [{"prefix": "/public", "auth": "none"}],
@@ -60,6 +66,7 @@ def main():
         base = median_us(conn, "/public", [{}] * N)
         rows = [("public route (baseline)", base)]
         rows.append(("x-api-key", median_us(conn, "/x", [{"x-api-key": API_KEY}] * N)))
+        rows.append(("x-api-key + 2-bucket plan", median_us(conn, "/x", [{"x-api-key": LIMITED_KEY}] * N)))
         for alg in ["HS256", "ES256", "RS256"]:
             token = sign(alg, sub="repeat")
             rows.append((f"{alg} repeated (cached)", median_us(conn, "/x", [{"authorization": f"Bearer {token}"}] * N)))

@@ -2,7 +2,8 @@
 
 Serves 10,000 keys, then revokes 20 of them one at a time and measures how
 long until Envoy refuses each (polling every 2 ms), at several refresh
-intervals. Also times a request with the 10,000 keys loaded.
+intervals. Also times an API-key request (over a public-route baseline, Envoy
+answering itself) with the 10,000 keys loaded.
 """
 
 import hashlib
@@ -14,8 +15,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import TEST_PEPPER, Envoy, start_upstream  # noqa: E402
+from jwt_in_envoy import answer_directly  # noqa: E402
 from key_server import KeyServer, add_cluster  # noqa: E402
 
 KEYS = 10_000
@@ -39,12 +42,31 @@ def status(conn, k):
     return resp.status
 
 
+def request_cost_us(conn):
+    """Median µs an API-key request costs over the public route, 10,000 keys loaded."""
+    def median_ns(path, headers):
+        samples = []
+        for _ in range(1000):
+            start = time.perf_counter_ns()
+            conn.request("GET", path, headers=headers)
+            conn.getresponse().read()
+            samples.append(time.perf_counter_ns() - start)
+        return statistics.median(samples)
+    return (median_ns("/x", {"x-api-key": key(5000)}) - median_ns("/public", {})) / 1000
+
+
 def measure(refresh, all_records):
     server = KeyServer().start()
     server.publish(PATH, {"version": "0", "keys": all_records})
     upstream = start_upstream()
-    policy = {"api_keys": {"source": {"cluster": "keyserver", "path": PATH, "refresh_s": refresh}}}
-    envoy = Envoy(policy, upstream, edit=add_cluster("keyserver", server.port)).wait_ready()
+    policy = {"api_keys": {"source": {"cluster": "keyserver", "path": PATH, "refresh_s": refresh}},
+              "routes": [{"prefix": "/public", "auth": "none"}]}
+
+    def edit(config):
+        add_cluster("keyserver", server.port)(config)
+        answer_directly(config)
+
+    envoy = Envoy(policy, upstream, edit=edit).wait_ready()
     try:
         conn = http.client.HTTPConnection("127.0.0.1", envoy.port)
         deadline = time.monotonic() + 30
@@ -63,13 +85,8 @@ def measure(refresh, all_records):
             while status(conn, key(i)) != 403:
                 time.sleep(0.002)
             latencies.append((time.monotonic() - start) * 1000)
-        samples = []
-        for _ in range(500):
-            start = time.perf_counter_ns()
-            status(conn, key(5000))
-            samples.append(time.perf_counter_ns() - start)
         fetches = len(server.hits_on(PATH))
-        return statistics.median(latencies), max(latencies), statistics.median(samples) / 1000, fetches
+        return statistics.median(latencies), max(latencies), request_cost_us(conn), fetches
     finally:
         envoy.stop()
         upstream.shutdown()
@@ -79,10 +96,10 @@ def measure(refresh, all_records):
 def main():
     all_records = records()
     print(f"{KEYS} keys; 20 revocations each; Envoy --concurrency 2")
-    print(f"{'refresh_s':>9} {'median ms':>10} {'max ms':>8} {'request µs (end to end)':>24} {'fetches':>8}")
+    print(f"{'refresh_s':>9} {'median ms':>10} {'max ms':>8} {'µs per API-key request':>23} {'fetches':>8}")
     for refresh in (1.0, 0.05):
         median, worst, request_us, fetches = measure(refresh, all_records)
-        print(f"{refresh:>9} {median:>10.0f} {worst:>8.0f} {request_us:>24.0f} {fetches:>8}")
+        print(f"{refresh:>9} {median:>10.0f} {worst:>8.0f} {request_us:>23.0f} {fetches:>8}")
 
 
 if __name__ == "__main__":

@@ -116,17 +116,22 @@ impl Fetched {
     }
 
     /// Re-reads what changed in shared data; a body that fails to parse here
-    /// (it was valid when published) leaves the last one in place.
-    pub fn sync(&mut self, policy: &Policy, store: &dyn SharedStore) {
+    /// (it was valid when published) leaves the last one in place. Returns
+    /// whether a JWKS changed: tokens verified with a key that is now gone
+    /// must not outlive it in a cache.
+    pub fn sync(&mut self, policy: &Policy, store: &dyn SharedStore) -> bool {
+        let mut jwks_changed = false;
         for loaded in &mut self.loaded {
             let shared = SharedSource::new(store, &loaded.spec.id);
             if let Some((generation, body)) = shared.newer_than(loaded.generation) {
                 loaded.generation = generation;
                 if let Ok(document) = parse(policy, loaded.spec.kind, &body) {
+                    jwks_changed |= matches!(document, Document::Jwks(_));
                     loaded.document = Some(Rc::new(document));
                 }
             }
         }
+        jwks_changed
     }
 
     fn find(&self, kind: Kind) -> Option<&Loaded> {

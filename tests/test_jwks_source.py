@@ -86,3 +86,20 @@ def test_a_failing_idp_keeps_the_last_jwks(envoy, server):
         assert call(envoy, token(EC_KEY, "es", sub="d")) == (200, None)
     finally:
         server.mode = "ok"
+
+
+def test_a_key_removed_from_the_jwks_stops_admitting_cached_tokens(envoy_factory, server):
+    from jwt_keys import EC_KEY
+    path = "/fast/jwks.json"
+    server.publish(path, jwks())
+    policy = {"jwt": {"providers": [{
+        "name": "idp", "issuer": ISSUER, "audiences": ["api"], "algorithms": ["ES256"],
+        "jwks_source": {"cluster": "idp", "path": path, "refresh_s": 0.3},
+    }]}}
+    envoy = envoy_factory(policy, edit=add_cluster("idp", server.port))
+    cached = token(EC_KEY, "es", sub="cached")
+    assert wait_for(lambda: call(envoy, cached) == (200, None), 5)
+    assert call(envoy, cached) == (200, None)  # now in every worker's cache it reached
+    # The IdP rotates the key out (say it leaked).
+    server.publish(path, {"keys": [k for k in jwks()["keys"] if k.get("kid") != "es"] + [rotated_jwk()]})
+    assert wait_for(lambda: all(call(envoy, cached) == (401, "invalid_token") for _ in range(6)), 5)

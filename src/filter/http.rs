@@ -96,7 +96,9 @@ impl HttpContext for HttpFilter {
             .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX));
         let request = Request { method: &method, path: &path, headers: &headers };
         if let Some(fetched) = self.fetched.borrow_mut().as_mut() {
-            fetched.sync(&policy, &HostStore);
+            if fetched.sync(&policy, &HostStore) {
+                self.tokens.borrow_mut().clear();
+            }
         }
         let fetched = self.fetched.borrow();
         let nothing = Fetched::empty();

@@ -169,7 +169,9 @@ impl RootContext for Root {
         }
         // Idle workers stay current too, not only those serving requests.
         if let (Some(policy), Some(fetched)) = (&self.policy, self.fetched.borrow_mut().as_mut()) {
-            fetched.sync(policy, &HostStore);
+            if fetched.sync(policy, &HostStore) {
+                self.tokens.borrow_mut().clear();
+            }
         }
         let keys = self.sources.iter().find(|s| s.kind == Kind::Keys);
         if let (Some(metrics), Some(spec)) = (&self.metrics, keys) {

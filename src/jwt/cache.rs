@@ -23,8 +23,8 @@ impl TokenCache {
         Sha256::digest(token.as_bytes()).into()
     }
 
-    /// The verified token, unless absent or expired at `now_s` (Unix seconds,
-    /// with the provider's skew applied by the caller through `usable`).
+    /// The verified token, if cached; the caller checks its `exp`, since the
+    /// allowed skew is the provider's.
     pub fn get(&self, hash: &TokenHash) -> Option<Rc<VerifiedToken>> {
         self.entries.get(hash).cloned()
     }

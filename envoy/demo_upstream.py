@@ -17,12 +17,13 @@ KEYSET_PATH = "/edge/keyset.json"
 KEYSET_FILE = Path(__file__).resolve().parent / "keyset.json"
 
 
-class Upstream(ThreadingHTTPServer):
+class LoopbackServer(ThreadingHTTPServer):
+    """A threaded HTTP server on 127.0.0.1 that can run in the background."""
+
     daemon_threads = True
 
-    def __init__(self, port=0):
-        super().__init__(("127.0.0.1", port), _Handler)
-        self.received = []  # (method, path, [(name, value)]) in arrival order
+    def __init__(self, port, handler):
+        super().__init__(("127.0.0.1", port), handler)
         self.lock = threading.Lock()
 
     @property
@@ -32,6 +33,12 @@ class Upstream(ThreadingHTTPServer):
     def start(self):
         threading.Thread(target=self.serve_forever, daemon=True).start()
         return self
+
+
+class Upstream(LoopbackServer):
+    def __init__(self, port=0):
+        super().__init__(port, _Handler)
+        self.received = []  # (method, path, [(name, value)]) in arrival order
 
     def requests(self):
         with self.lock:

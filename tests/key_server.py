@@ -2,29 +2,22 @@
 fails or hangs on demand, supports ETag, and counts every fetch."""
 
 import json
-import threading
+import sys
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "envoy"))
+from demo_upstream import LoopbackServer  # noqa: E402
 
 
-class KeyServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class KeyServer(LoopbackServer):
     def __init__(self):
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
+        super().__init__(0, _Handler)
         self.documents = {}  # path -> dict
         self.mode = "ok"  # ok | error | garbage | hang
         self.hits = []  # (monotonic time, path)
         self.versions = 0
-
-    @property
-    def port(self):
-        return self.server_address[1]
-
-    def start(self):
-        threading.Thread(target=self.serve_forever, daemon=True).start()
-        return self
 
     def publish(self, path, document):
         with self.lock:

@@ -23,7 +23,8 @@ pub struct KeySetAnswer {
 
 /// What a source holds once parsed.
 pub enum Document {
-    Keys(KeySet),
+    /// A key set and the server's name for it (`version`, logged).
+    Keys(KeySet, String),
     Jwks(Vec<VerifyKey>),
 }
 
@@ -77,7 +78,8 @@ pub fn parse(policy: &Policy, kind: Kind, body: &[u8]) -> Result<Document, Confi
                 serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
                     .map_err(|e| ConfigError::new(format!("key set: {}", e.path()), e.into_inner().to_string()))?;
             let rules = RecordRules { account_ok: &|a| policy.accounts.is_valid(a), plans: &policy.plans };
-            Ok(Document::Keys(KeySet::build(&answer.keys, &answer.revoked, &rules, "key set")?))
+            let keys = KeySet::build(&answer.keys, &answer.revoked, &rules, "key set")?;
+            Ok(Document::Keys(keys, answer.version))
         }
         Kind::Jwks(_) => {
             let set: JwkSetDoc = serde_json::from_slice(body).map_err(|e| ConfigError::new("jwks", e.to_string()))?;
@@ -143,7 +145,7 @@ impl Fetched {
         match self.find(Kind::Keys) {
             None => Ok(None),
             Some(Loaded { document: Some(doc), .. }) => match doc.as_ref() {
-                Document::Keys(keys) => Ok(Some(keys)),
+                Document::Keys(keys, _) => Ok(Some(keys)),
                 Document::Jwks(_) => Ok(None),
             },
             Some(_) => Err(NeverLoaded),
@@ -156,7 +158,7 @@ impl Fetched {
             None => Ok(&[]),
             Some(Loaded { document: Some(doc), .. }) => match doc.as_ref() {
                 Document::Jwks(keys) => Ok(keys),
-                Document::Keys(_) => Ok(&[]),
+                Document::Keys(..) => Ok(&[]),
             },
             Some(_) => Err(NeverLoaded),
         }

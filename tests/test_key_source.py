@@ -90,6 +90,7 @@ def test_refresh_counters_and_gauges(envoy):
     assert stats["wasmcustom.edge_auth.keyset.refresh_ok"] > 0
     assert stats["wasmcustom.edge_auth.keyset.size"] == 2
     assert stats["wasmcustom.edge_auth.keyset.generation"] >= 3
+    assert 'key set version "3", 2 keys' in envoy.wait_for_log('key set version "3"')
 
 
 def test_a_server_that_never_answers_gives_503(envoy_factory):

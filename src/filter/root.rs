@@ -78,10 +78,21 @@ impl Root {
             ("304", _) => Outcome::Unchanged,
             ("200", Some(body)) if body.len() <= MAX_BODY => match fetched::parse(policy, spec.kind, &body) {
                 Ok(document) => {
-                    if let (Some(metrics), Document::Keys(keys)) = (&self.metrics, &document) {
-                        metrics.key_set_size(keys.len());
+                    match &document {
+                        Document::Keys(keys, version) => {
+                            if let Some(metrics) = &self.metrics {
+                                metrics.key_set_size(keys.len());
+                            }
+                            log::info!(
+                                "edge-auth: source {}: key set version {version:?}, {} keys",
+                                spec.id,
+                                keys.len()
+                            );
+                        }
+                        Document::Jwks(keys) => {
+                            log::info!("edge-auth: source {}: JWKS with {} keys", spec.id, keys.len())
+                        }
                     }
-                    log::info!("edge-auth: source {}: loaded {} bytes", spec.id, body.len());
                     Outcome::Fresh { body, etag }
                 }
                 Err(err) => {

@@ -83,12 +83,6 @@ impl<'p> Decision<'p> {
     }
 }
 
-/// Whose buckets a verified caller draws from.
-struct RateSubject {
-    plan: Option<PlanId>,
-    caller: CallerId,
-}
-
 /// Decides a request.
 pub fn decide<'p, N, V>(policy: &'p Policy, request: &Request<'_, N, V>, runtime: &Runtime<'_, 'p>) -> Decision<'p>
 where
@@ -114,8 +108,8 @@ where
         Credential::ApiKey { key, prefix_account } => {
             match check_api_key(policy, runtime.fetched, key, prefix_account, runtime.now_ns / NANOS) {
                 Ok(key) => {
-                    let subject = RateSubject { plan: key.plan.or(policy.default_plan), caller: key.caller };
-                    let decision = admit(policy, route, identity_of(key), &subject, runtime);
+                    let plan = key.plan.or(policy.default_plan);
+                    let decision = admit(policy, route, identity_of(key), plan, || key.caller, runtime);
                     Decision { key_id: Some(key.id.as_str()), route: route_index, ..decision }
                 }
                 Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..deny(denial) },
@@ -127,8 +121,10 @@ where
         )),
         Credential::Jwt(token) => match check_jwt(policy, request.headers, token, runtime) {
             Ok((verified, account)) => {
-                let caller = format!("j:{}\0{}", policy_issuer(policy, &verified), verified.subject);
-                let subject = RateSubject { plan: policy.jwt_plan, caller: CallerId::new(caller.as_bytes()) };
+                // Buckets belong to issuer + sub; named only if they are charged.
+                let caller = || {
+                    CallerId::new(format!("j:{}\0{}", policy_issuer(policy, &verified), verified.subject).as_bytes())
+                };
                 let identity = Identity {
                     org: verified.org.clone().map(Cow::Owned),
                     account: account.map(Cow::Owned),
@@ -136,7 +132,7 @@ where
                     scopes: Cow::Owned(verified.scopes.clone()),
                     method: CredentialKind::Jwt,
                 };
-                Decision { route: route_index, ..admit(policy, route, identity, &subject, runtime) }
+                Decision { route: route_index, ..admit(policy, route, identity, policy.jwt_plan, caller, runtime) }
             }
             Err(denial) => deny(denial),
         },
@@ -271,20 +267,22 @@ fn check_api_key<'p>(
 
 const NANOS: u64 = 1_000_000_000;
 
-/// Rows 12–15 for a verified caller: the route's rules, then its buckets.
+/// Rows 12–15 for a verified caller: the route's rules, then the buckets of
+/// its `plan`, which belong to `caller`.
 fn admit<'p>(
     policy: &'p Policy,
     route: &Route,
     identity: Identity<'p>,
-    subject: &RateSubject,
+    plan: Option<PlanId>,
+    caller: impl FnOnce() -> CallerId,
     runtime: &Runtime<'_, '_>,
 ) -> Decision<'p> {
     let verdict = authorize(policy, route, identity);
-    let plan = subject.plan.and_then(|id| policy.plans.get(id));
+    let plan = plan.and_then(|id| policy.plans.get(id));
     let (Verdict::Allow(_), Some(plan)) = (&verdict, plan) else {
         return Decision::new(None, verdict);
     };
-    let result = rate_limit::charge(runtime.store, plan, subject.caller, runtime.now_ns);
+    let result = rate_limit::charge(runtime.store, plan, caller(), runtime.now_ns);
     let verdict = match result.charge {
         Charge::Admitted(_) => verdict,
         Charge::Limited { retry_after_s, .. } => Verdict::Deny(Denial::rate_limited(retry_after_s)),

@@ -92,28 +92,27 @@ impl<'a> SharedSource<'a> {
     }
 
     /// Applies `change` to the meta entry under compare-and-swap; `change`
-    /// returns false to give up. Returns whether a change was written.
-    fn update(&self, change: impl Fn(&mut Meta) -> bool) -> bool {
+    /// returns false to give up. Returns the entry written, if one was.
+    fn update(&self, change: impl Fn(&mut Meta) -> bool) -> Option<Meta> {
         for _ in 0..ATTEMPTS {
             let (mut meta, cas) = match self.load() {
                 Some((meta, cas)) => (meta, Cas::Match(cas)),
                 None => (Meta::default(), Cas::Absent),
             };
             if !change(&mut meta) {
-                return false;
+                return None;
             }
             if self.store.set(&self.meta_key, &meta.encode(), cas).is_ok() {
-                return true;
+                return Some(meta);
             }
         }
-        false
+        None
     }
 
     /// Takes the fetch lease if a fetch is due and nobody holds it. The
     /// winner must call [`SharedSource::finish`]. Returns the `ETag` to send.
     pub fn try_lease(&self, holder: u64, now_ns: u64, refresh: Duration) -> Option<String> {
-        let etag = std::cell::RefCell::new(None);
-        let won = self.update(|meta| {
+        self.update(|meta| {
             if now_ns < meta.next_fetch_ns || now_ns < meta.lease_until_ns {
                 return false;
             }
@@ -123,14 +122,9 @@ impl<'a> SharedSource<'a> {
             // due; after a long pause, from now.
             let scheduled = meta.next_fetch_ns.saturating_add(nanos(refresh));
             meta.next_fetch_ns = if scheduled > now_ns { scheduled } else { now_ns.saturating_add(nanos(refresh)) };
-            *etag.borrow_mut() = Some(meta.etag.clone());
             true
-        });
-        if won {
-            etag.into_inner()
-        } else {
-            None
-        }
+        })
+        .map(|meta| meta.etag)
     }
 
     /// Ends `holder`'s fetch: publishes a fresh body, or keeps the last one.
@@ -164,14 +158,15 @@ impl<'a> SharedSource<'a> {
     /// Asks for a fetch at the next tick (unknown `kid`), at most once per
     /// [`EARLY_REFETCH`].
     pub fn request_early(&self, now_ns: u64) -> bool {
-        self.update(|meta| {
+        let requested = self.update(|meta| {
             if now_ns < meta.early_refetch_ns.saturating_add(nanos(EARLY_REFETCH)) && meta.early_refetch_ns != 0 {
                 return false;
             }
             meta.early_refetch_ns = now_ns;
             meta.next_fetch_ns = now_ns;
             true
-        })
+        });
+        requested.is_some()
     }
 
     /// The published body if its generation differs from `known`.

@@ -3,7 +3,7 @@
 use super::metrics::Metrics;
 use super::shared::HostStore;
 use super::signatures::EnvoySignatures;
-use crate::action::{act, Action as Apply};
+use crate::action::{act, carries, spoofed, Action as Apply};
 use crate::config::{Mode, Policy};
 use crate::decision::{decide, Decision, Request, Runtime, Verdict};
 use crate::denial::{Code, Denial, Reply};
@@ -112,13 +112,13 @@ impl HttpContext for HttpFilter {
         let decision = decide(&policy, &request, &runtime);
         self.record(&policy, &decision);
 
-        for name in policy.identity_headers.owned() {
+        for name in spoofed(&policy, &headers) {
             self.set_http_request_header(name, None);
         }
         match act(&policy, &decision) {
             Apply::Forward { set, remove, response } => {
                 self.response_headers = response;
-                for name in remove {
+                for name in remove.iter().filter(|name| carries(&headers, name)) {
                     self.set_http_request_header(name, None);
                 }
                 for (name, value) in &set {

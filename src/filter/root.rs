@@ -8,7 +8,7 @@ use super::shared::HostStore;
 use super::signatures::EnvoySignatures;
 use crate::config::{self, Policy, ProcessEnv};
 use crate::fetched::{self, Document, Fetched, Kind, SourceSpec};
-use crate::jwt::TokenCache;
+use crate::jwt::{host_wire, Provider, TokenCache};
 use crate::source::{Outcome, SharedSource, MAX_BODY};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
@@ -146,6 +146,16 @@ impl RootContext for Root {
                 return false;
             }
         };
+        if let Some(index) = policy.jwt_providers.iter().position(Provider::needs_host_signatures) {
+            if !self.signatures.available() {
+                log::error!(
+                    "edge-auth: config: jwt.providers[{index}].algorithms: RS256 and ES256 need Envoy's {} \
+                     foreign function, which this Envoy lacks",
+                    host_wire::FUNCTION
+                );
+                return false;
+            }
+        }
         let Some(metrics) = Metrics::define() else {
             log::error!("edge-auth: could not define metrics");
             return false;

@@ -9,11 +9,26 @@ use std::cell::Cell;
 pub struct EnvoySignatures {
     /// Cleared the first time the host says it has no such function.
     available: Cell<bool>,
+    probed: Cell<bool>,
 }
 
 impl Default for EnvoySignatures {
     fn default() -> Self {
-        Self { available: Cell::new(true) }
+        Self { available: Cell::new(true), probed: Cell::new(false) }
+    }
+}
+
+impl EnvoySignatures {
+    /// Whether the host has the function. Asked once, with an empty request:
+    /// a host that has it answers (whatever the answer), one that lacks it
+    /// says NotFound.
+    pub fn available(&self) -> bool {
+        if !self.probed.replace(true) {
+            if let Err(Status::NotFound) = hostcalls::call_foreign_function(host_wire::FUNCTION, Some(&[])) {
+                self.available.set(false);
+            }
+        }
+        self.available.get()
     }
 }
 
@@ -27,11 +42,11 @@ impl SignatureHost for EnvoySignatures {
             Ok(Some(result)) => host_wire::decode_result(&result),
             Ok(None) => None,
             Err(Status::NotFound) => {
-                log::info!("edge-auth: the host has no {}; verifying signatures in wasm", host_wire::FUNCTION);
+                log::error!("edge-auth: the host has no {}: RS256 and ES256 tokens are refused", host_wire::FUNCTION);
                 self.available.set(false);
                 None
             }
-            // Anything else: let the wasm verifier decide.
+            // Anything else: not verified, so refused.
             Err(_) => None,
         }
     }

@@ -326,3 +326,18 @@ fn rfc7515_examples_verify() {
         );
     }
 }
+
+#[test]
+fn only_providers_admitting_rsa_or_ecdsa_need_the_hosts_verifier() {
+    let json = |algs: &str| {
+        format!(
+            r#"{{"jwt":{{"providers":[{{"name":"p","issuer":"i","algorithms":{algs},
+                "jwks":{{"keys":[{{"kty":"oct","kid":"hs","k":"{}"}}]}}}}]}}}}"#,
+            b64(SECRET)
+        )
+    };
+    let needs = |algs: &str| parse(json(algs).as_bytes(), &NoEnv).unwrap().jwt_providers[0].needs_host_signatures();
+    assert!(!needs(r#"["HS256"]"#));
+    assert!(needs(r#"["HS256","ES256"]"#));
+    assert!(needs(r#"["RS256"]"#));
+}

@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-envoy oci fuzz clean
+.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-tools bench-envoy oci fuzz clean
 
 all: wasm cli
 
@@ -46,8 +46,21 @@ unit:
 e2e: wasm cli venv
 	cd tests && ../$(PYTHON) -m pytest -q
 
-bench:
+# Host micro-benchmarks, then the module beside plain Envoy and Envoy's native
+# filters (bench/compare.py: nginx upstream, wrk load, from Debian's packages).
+NOOP_WASM := target/noop-filter/wasm32-wasip1/release/noop_filter.wasm
+
+bench: wasm cli venv bench-tools
 	cargo bench --bench decision
+	cargo build --release --target $(CARGO_TARGET) --manifest-path bench/noop-filter/Cargo.toml \
+	  --target-dir target/noop-filter
+	$(PYTHON) bench/compare.py
+
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+bench-tools:
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk nginx-light >/dev/null; }
 
 bench-envoy: wasm cli venv
 	$(PYTHON) bench/jwt_in_envoy.py

@@ -6,7 +6,9 @@ The same nginx upstream sits behind three Envoys (`--concurrency 1`):
           and day bucket), or jwt_authn with its cache (jwt_cache_config) and,
           for the pools of distinct tokens, without it;
   module  edge-auth: hashed keys, shared per-key buckets, account checks,
-          identity headers.
+          identity headers;
+  floor   bench/noop-filter, a proxy-wasm filter that does nothing: what the
+          wasm runtime costs per request before any filter logic.
 wrk drives each (config, scenario) pair for a few seconds. Every Envoy stays
 up for the whole run and the pairs are interleaved over several rounds, each
 round in a rotated order; medians over rounds are reported. On two or more
@@ -45,6 +47,7 @@ ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
 CONNECTIONS = int(os.environ.get("BENCH_CONNECTIONS", "16"))
 MODULE = Path(os.environ.get("EDGE_AUTH_WASM", WASM))
+NOOP = ROOT / "target/noop-filter/wasm32-wasip1/release/noop_filter.wasm"
 KEYS = 1_000
 POOL = 5_000  # distinct tokens: more than edge-auth's 4,096-entry cache, so every one is verified
 PEPPER = "bench-pepper"
@@ -88,6 +91,15 @@ def module_filter(base):
                                "algorithms": ["RS256", "ES256"], "jwks": asymmetric_jwks()}]},
     }
     config["configuration"]["value"] = json.dumps(policy)
+    return [wasm]
+
+
+def noop_filter(base):
+    hcm = hcm_of(base)
+    wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+    config = wasm_filter(base)
+    config["vm_config"]["code"]["local"]["filename"] = str(NOOP)
+    config["configuration"]["value"] = "{}"
     return [wasm]
 
 
@@ -154,6 +166,7 @@ CONFIGS = {
     "native jwt cached": lambda base: native_jwt_filters(cache=True),
     "native jwt uncached": lambda base: native_jwt_filters(cache=False),
     "module": module_filter,
+    "wasm floor": noop_filter,
 }
 
 
@@ -256,14 +269,16 @@ def scenarios(workdir):
         return {"authorization": f"Bearer {token}"}
 
     exp = int(time.time()) + 7200
-    key_configs = ["plain", "native keys", "module"]
+    keys = ["plain", "wasm floor", "native keys", "module"]
+    cached = ["plain", "wasm floor", "native jwt cached", "module"]
+    uncached = ["plain", "wasm floor", "native jwt uncached", "module"]
     return [
-        Scenario("x-api-key", key_configs, 200, {"x-api-key": api_key(7)}),
-        Scenario("Bearer sk_live_", key_configs, 200, bearer(api_key(7))),
-        Scenario("RS256, same token", ["plain", "native jwt cached", "module"], 200, bearer(sign("RS256", exp=exp))),
-        Scenario("ES256, same token", ["plain", "native jwt cached", "module"], 200, bearer(sign("ES256", exp=exp))),
-        Scenario(f"RS256, {POOL:,} distinct", ["plain", "native jwt uncached", "module"], 200, tokens=pool("RS256")),
-        Scenario(f"ES256, {POOL:,} distinct", ["plain", "native jwt uncached", "module"], 200, tokens=pool("ES256")),
+        Scenario("x-api-key", keys, 200, {"x-api-key": api_key(7)}),
+        Scenario("Bearer sk_live_", keys, 200, bearer(api_key(7))),
+        Scenario("RS256, same token", cached, 200, bearer(sign("RS256", exp=exp))),
+        Scenario("ES256, same token", cached, 200, bearer(sign("ES256", exp=exp))),
+        Scenario(f"RS256, {POOL:,} distinct", uncached, 200, tokens=pool("RS256")),
+        Scenario(f"ES256, {POOL:,} distinct", uncached, 200, tokens=pool("ES256")),
         Scenario("429 (bucket empty)", ["native keys", "module"], 429, {"x-api-key": api_key(LIMITED)}),
     ]
 
@@ -301,7 +316,7 @@ def request(port, headers):
 # --- report ---------------------------------------------------------------------------------
 
 def role(config):
-    return config.split()[0]  # plain | native | module
+    return {"wasm floor": "floor"}.get(config, config.split()[0])  # plain | floor | native | module
 
 
 def machine():
@@ -316,22 +331,23 @@ def report(table, rss, scen):
         f"Measured {date.today().isoformat()} by `make bench` on {machine()}.",
         f"Envoy {envoy_version.split('/')[1]} `--concurrency 1` (its own core), nginx upstream, "
         f"wrk 1 thread × {CONNECTIONS} connections; {ROUNDS} interleaved rounds of {SECONDS} s, medians. "
-        f"Module: {MODULE.stat().st_size:,} bytes; {KEYS:,} keys in both the module and api_key_auth.",
+        f"Module: {MODULE.stat().st_size:,} bytes; {KEYS:,} keys in both the module and api_key_auth. "
+        "*wasm floor* is bench/noop-filter, a proxy-wasm filter that does nothing.",
         "",
-        "| scenario | Envoy | req/s | × plain | × native | p50 µs | p99 µs |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| scenario | Envoy | req/s | × plain | × native | p50 µs | p99 µs | Envoy CPU µs/req |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for s in scen:
-        medians = {c: {k: statistics.median(r[k] for r in table[s.name][c]) for k in ("rps", "p50_us", "p99_us")}
+        medians = {c: {k: statistics.median(r[k] for r in table[s.name][c]) for k in ("rps", "p50_us", "p99_us", "cpu_us")}
                    for c in s.configs}
         plain = medians.get("plain", {}).get("rps")
         native = next(medians[c]["rps"] for c in s.configs if role(c) == "native")
         for c in s.configs:
             m = medians[c]
             vs_plain = f"{m['rps'] / plain:.2f}" if plain else "–"
-            vs_native = f"{m['rps'] / native:.2f}" if role(c) != "plain" else "–"
+            vs_native = f"{m['rps'] / native:.2f}" if role(c) in ("native", "module") else "–"
             lines.append(f"| {s.name} | {c} | {m['rps']:,.0f} | {vs_plain} | {vs_native} | "
-                         f"{m['p50_us']:,.0f} | {m['p99_us']:,.0f} |")
+                         f"{m['p50_us']:,.0f} | {m['p99_us']:,.0f} | {m['cpu_us']:.0f} |")
         s.medians = medians
     lines += ["", "Envoy resident memory after the run: "
               + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()) + "."]
@@ -344,7 +360,7 @@ def report(table, rss, scen):
 
 def chart(scen):
     """Grouped horizontal bars: requests/s per scenario, one bar per Envoy."""
-    colours = {"plain": "#9aa5b1", "native": "#3d7dca", "module": "#e8833a"}
+    colours = {"plain": "#9aa5b1", "floor": "#c9c3a3", "native": "#3d7dca", "module": "#e8833a"}
     bar, gap, left, width = 16, 14, 190, 520
     top = max(r["rps"] for s in scen for r in s.medians.values())
     rows = sum(len(s.configs) for s in scen)

@@ -9,11 +9,11 @@ use edge_auth::api_key::KeyHasher;
 use edge_auth::config::{self, Environment, Policy};
 use edge_auth::decision::{decide, Request, Runtime};
 use edge_auth::fetched::Fetched;
-use edge_auth::jwt::NoSignatureHost;
+use edge_auth::jwt::{NoSignatureHost, TokenCache};
 use edge_auth::rate_limit::MemoryStore;
 use std::cell::RefCell;
 use std::hint::black_box;
-use std::time::Instant;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 struct Pepper;
 impl Environment for Pepper {
@@ -81,14 +81,28 @@ fn headers(pairs: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
 }
 
 fn bench_decision(policy: &Policy, label: &str, pairs: &[(&str, &str)]) {
+    bench_requests(policy, label, 100_000, pairs, Cache::Kept);
+}
+
+/// Whether verified tokens stay cached between calls.
+#[derive(PartialEq)]
+enum Cache {
+    Kept,
+    Emptied,
+}
+
+fn bench_requests(policy: &Policy, label: &str, iters: u32, pairs: &[(&str, &str)], cache: Cache) {
     let headers = headers(pairs);
     let request = Request { method: "GET", path: "/v1/agents/42?verbose=1", headers: &headers };
     let store = MemoryStore::default();
-    let tokens = RefCell::default();
+    let tokens = RefCell::new(TokenCache::default());
     let fetched = Fetched::empty();
-    let mut now_ns = 1_800_000_000_000_000_000u64;
-    measure(label, 100_000, || {
+    let mut now_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    measure(label, iters, || {
         now_ns += 1_000;
+        if cache == Cache::Emptied {
+            tokens.borrow_mut().clear();
+        }
         let runtime =
             Runtime { now_ns, store: &store, tokens: &tokens, fetched: &fetched, signatures: &NoSignatureHost };
         let decision = decide(black_box(policy), black_box(&request), &runtime);
@@ -119,6 +133,9 @@ fn main() {
     bench_decision(&policy, "decide+act: no credential (401)", &[]);
     bench_decision(&policy, "decide+act: ambiguous (400)", &[("x-api-key", "a"), ("x-api-key", "b")]);
 
+    bench_jwt();
+    bench_rate_limit_step();
+
     let json = policy_json(10_000);
     let mut samples = Vec::new();
     for _ in 0..5 {
@@ -128,4 +145,66 @@ fn main() {
     }
     samples.sort_by(f64::total_cmp);
     println!("{:<48} {:>10.1} ms", "config compile, 10,000 keys", samples[2]);
+}
+
+/// Cached and uncached tokens. Off wasm RS256 and ES256 are checked in
+/// software (jwt-simple); the module hands them to Envoy's BoringSSL, whose
+/// cost `make bench` measures in Envoy.
+fn bench_jwt() {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use jwt_simple::prelude::*;
+
+    let b64 = |bytes: &[u8]| URL_SAFE_NO_PAD.encode(bytes);
+    let rs = RS256KeyPair::generate(2048).unwrap().with_key_id("rs");
+    let es = ES256KeyPair::generate().with_key_id("es");
+    let rsa = rs.public_key().to_components();
+    let point = es.public_key().public_key().to_bytes_uncompressed();
+    let (x, y) = point[1..].split_at(32);
+    let json = format!(
+        r#"{{"jwt":{{"providers":[{{"name":"idp","issuer":"https://auth.example.com","audiences":["api"],
+            "algorithms":["RS256","ES256"],"jwks":{{"keys":[
+              {{"kty":"RSA","kid":"rs","n":"{}","e":"{}"}},
+              {{"kty":"EC","kid":"es","crv":"P-256","x":"{}","y":"{}"}}]}}}}]}}}}"#,
+        b64(&rsa.n),
+        b64(&rsa.e),
+        b64(x),
+        b64(y)
+    );
+    let policy = config::parse(json.as_bytes(), &Pepper).unwrap();
+    let claims = || {
+        let custom =
+            serde_json::json!({"org_id": "org_42", "accounts": ["acme"], "scope": "agents:read tasks:execute"});
+        Claims::with_custom_claims(custom, Duration::from_hours(1))
+            .with_issuer("https://auth.example.com")
+            .with_audience("api")
+            .with_subject("user-1")
+    };
+    let rs_token = format!("Bearer {}", rs.sign(claims()).unwrap());
+    let es_token = format!("Bearer {}", es.sign(claims()).unwrap());
+    let token = rs_token.trim_start_matches("Bearer ");
+    measure(&format!("SHA-256 of an RS256 token ({} bytes)", token.len()), 100_000, || {
+        black_box(TokenCache::hash(black_box(token)));
+    });
+    bench_requests(&policy, "decide+act: RS256, cached", 100_000, &[("authorization", &rs_token)], Cache::Kept);
+    bench_requests(&policy, "decide+act: ES256, cached", 100_000, &[("authorization", &es_token)], Cache::Kept);
+    let label = "decide+act: RS256, uncached (software)";
+    bench_requests(&policy, label, 200, &[("authorization", &rs_token)], Cache::Emptied);
+    let label = "decide+act: ES256, uncached (software)";
+    bench_requests(&policy, label, 200, &[("authorization", &es_token)], Cache::Emptied);
+}
+
+/// One charge of a two-bucket plan against the in-memory store.
+fn bench_rate_limit_step() {
+    use edge_auth::rate_limit::{charge, CallerId};
+
+    let policy = config::parse(policy_with(1, "huge").as_bytes(), &Pepper).unwrap();
+    let plan = policy.plans.get(policy.plans.id("huge").unwrap()).unwrap();
+    let store = MemoryStore::default();
+    let caller = CallerId::new(b"k:key_0");
+    let mut now_ns = 1_800_000_000_000_000_000u64;
+    measure("rate-limit step: 2-bucket plan, admitted", 100_000, || {
+        now_ns += 1_000;
+        black_box(charge(&store, plan, caller, now_ns));
+    });
 }

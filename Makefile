@@ -48,8 +48,6 @@ e2e: wasm cli venv
 
 # Host micro-benchmarks, then the module beside plain Envoy and Envoy's native
 # filters (bench/compare.py: nginx upstream, wrk load, from Debian's packages).
-NOOP_WASM := target/noop-filter/wasm32-wasip1/release/noop_filter.wasm
-
 bench: wasm cli venv bench-tools
 	cargo bench --bench decision
 	cargo build --release --target $(CARGO_TARGET) --manifest-path bench/noop-filter/Cargo.toml \

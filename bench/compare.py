@@ -70,14 +70,19 @@ def key_id(i):
 LIMITED = KEYS  # the key whose plan admits one request a day: the 429 path
 
 
-# --- the three Envoy configurations ---------------------------------------------------------
+# --- the Envoy configurations ---------------------------------------------------------------
+
+def wasm_module(base, path, configuration):
+    """The wasm filter exactly as envoy/envoy.yaml ships it, running `path`."""
+    wasm = next(f for f in hcm_of(base)["http_filters"] if f["name"] == "envoy.filters.http.wasm")
+    config = wasm_filter(base)
+    config["vm_config"]["code"]["local"]["filename"] = str(path)
+    config["configuration"]["value"] = configuration
+    return [wasm]
+
 
 def module_filter(base):
-    """The wasm filter exactly as envoy/envoy.yaml ships it, with the bench policy."""
-    hcm = hcm_of(base)
-    wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
-    config = wasm_filter(base)
-    config["vm_config"]["code"]["local"]["filename"] = str(MODULE)
+    """edge-auth with the bench policy."""
     keys = [{"id": key_id(i), "hash": hmac.new(PEPPER.encode(), api_key(i).encode(), hashlib.sha256).hexdigest(),
              "org": "org_bench", "account": "acme", "scopes": ["agents:read"],
              "plan": "tiny" if i == LIMITED else "standard"} for i in range(KEYS + 1)]
@@ -90,20 +95,17 @@ def module_filter(base):
         "jwt": {"providers": [{"name": "bench", "issuer": ISSUER, "audiences": ["api"],
                                "algorithms": ["RS256", "ES256"], "jwks": asymmetric_jwks()}]},
     }
-    config["configuration"]["value"] = json.dumps(policy)
-    return [wasm]
+    return wasm_module(base, MODULE, json.dumps(policy))
 
 
-def noop_filter(base):
-    hcm = hcm_of(base)
-    wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
-    config = wasm_filter(base)
-    config["vm_config"]["code"]["local"]["filename"] = str(NOOP)
-    config["configuration"]["value"] = "{}"
-    return [wasm]
+def native_key_filters(base):
+    """api_key_auth + local_ratelimit, and the route's descriptors for the latter:
+    (bucket, client id set by api_key_auth)."""
+    client = {"request_headers": {"header_name": "x-key-id", "descriptor_key": "client"}}
+    route = hcm_of(base)["route_config"]["virtual_hosts"][0]["routes"][0]
+    route["route"]["rate_limits"] = [{"actions": [{"generic_key": {"descriptor_key": "bucket", "descriptor_value": b}},
+                                                  client]} for b in ("burst", "day")]
 
-
-def native_key_filters():
     def bucket(tokens, seconds):
         return {"max_tokens": tokens, "tokens_per_fill": tokens, "fill_interval": f"{seconds}s"}
 
@@ -128,13 +130,6 @@ def native_key_filters():
             "filter_enforced": {"runtime_key": "bench_rl_enforced", **always},
             "descriptors": descriptors}},
     ]
-
-
-def native_key_rate_limits(route):
-    """The route's descriptors for local_ratelimit: (bucket, client id set by api_key_auth)."""
-    client = {"request_headers": {"header_name": "x-key-id", "descriptor_key": "client"}}
-    route["route"]["rate_limits"] = [{"actions": [{"generic_key": {"descriptor_key": "bucket", "descriptor_value": b}},
-                                                  client]} for b in ("burst", "day")]
 
 
 def native_jwt_filters(cache):
@@ -162,11 +157,11 @@ def hcm_of(config):
 
 CONFIGS = {
     "plain": lambda base: [],
-    "native keys": lambda base: native_key_filters(),
+    "native keys": native_key_filters,
     "native jwt cached": lambda base: native_jwt_filters(cache=True),
     "native jwt uncached": lambda base: native_jwt_filters(cache=False),
     "module": module_filter,
-    "wasm floor": noop_filter,
+    "wasm floor": lambda base: wasm_module(base, NOOP, "{}"),
 }
 
 
@@ -227,8 +222,6 @@ def start_envoy(name, workdir, upstream_port):
     hcm = hcm_of(base)
     router = hcm["http_filters"][-1]
     hcm["http_filters"] = CONFIGS[name](base) + [router]
-    if name == "native keys":
-        native_key_rate_limits(hcm["route_config"]["virtual_hosts"][0]["routes"][0])
     path = workdir / f"envoy-{name.replace(' ', '-')}.json"
     path.write_text(json.dumps(base))
     env = {**os.environ, "EDGE_AUTH_PEPPER": PEPPER}
@@ -337,9 +330,11 @@ def report(table, rss, scen):
         "| scenario | Envoy | req/s | × plain | × native | p50 µs | p99 µs | Envoy CPU µs/req |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
+    medians_of = {}
     for s in scen:
         medians = {c: {k: statistics.median(r[k] for r in table[s.name][c]) for k in ("rps", "p50_us", "p99_us", "cpu_us")}
                    for c in s.configs}
+        medians_of[s.name] = medians
         plain = medians.get("plain", {}).get("rps")
         native = next(medians[c]["rps"] for c in s.configs if role(c) == "native")
         for c in s.configs:
@@ -348,21 +343,20 @@ def report(table, rss, scen):
             vs_native = f"{m['rps'] / native:.2f}" if role(c) in ("native", "module") else "–"
             lines.append(f"| {s.name} | {c} | {m['rps']:,.0f} | {vs_plain} | {vs_native} | "
                          f"{m['p50_us']:,.0f} | {m['p99_us']:,.0f} | {m['cpu_us']:.0f} |")
-        s.medians = medians
     lines += ["", "Envoy resident memory after the run: "
               + ", ".join(f"{name} {mib:.0f} MiB" for name, mib in rss.items()) + "."]
     text = "\n".join(lines) + "\n"
     OUT_MD.write_text(text)
-    OUT_SVG.write_text(chart(scen))
+    OUT_SVG.write_text(chart(scen, medians_of))
     print(text)
     print(f"wrote {OUT_MD.relative_to(ROOT)} and {OUT_SVG.relative_to(ROOT)}")
 
 
-def chart(scen):
+def chart(scen, medians_of):
     """Grouped horizontal bars: requests/s per scenario, one bar per Envoy."""
     colours = {"plain": "#9aa5b1", "floor": "#c9c3a3", "native": "#3d7dca", "module": "#e8833a"}
     bar, gap, left, width = 16, 14, 190, 520
-    top = max(r["rps"] for s in scen for r in s.medians.values())
+    top = max(m["rps"] for medians in medians_of.values() for m in medians.values())
     rows = sum(len(s.configs) for s in scen)
     height = 50 + rows * bar + len(scen) * gap + 30
     out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 90}" height="{height}" '
@@ -377,7 +371,7 @@ def chart(scen):
     for s in scen:
         out.append(f'<text x="10" y="{y + bar * len(s.configs) / 2 + 4}">{s.name}</text>')
         for c in s.configs:
-            rps = s.medians[c]["rps"]
+            rps = medians_of[s.name][c]["rps"]
             w = width * rps / top
             out.append(f'<rect x="{left}" y="{y}" width="{w:.1f}" height="{bar - 2}" fill="{colours[role(c)]}"/>'
                        f'<text x="{left + w + 4:.1f}" y="{y + bar - 5}">{rps:,.0f}</text>')

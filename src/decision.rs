@@ -214,13 +214,11 @@ where
     V: AsRef<[u8]>,
 {
     let mut values = headers.iter().filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref());
-    let (Some(value), None) = (values.next(), values.next()) else {
-        // None, or more than one: no single account to act for.
-        return Err(if headers.iter().any(|(n, _)| n.as_ref().eq_ignore_ascii_case(name)) {
-            Code::InvalidAccount.into()
-        } else {
-            Code::AccountHeaderRequired.into()
-        });
+    let value = match (values.next(), values.next()) {
+        (Some(value), None) => value,
+        (None, _) => return Err(Code::AccountHeaderRequired.into()),
+        // More than one: no single account to act for.
+        (Some(_), Some(_)) => return Err(Code::InvalidAccount.into()),
     };
     let account = std::str::from_utf8(value).map(str::trim).map_err(|_| Denial::from(Code::InvalidAccount))?;
     if !policy.accounts.is_valid(account) {

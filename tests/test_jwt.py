@@ -146,6 +146,13 @@ def test_each_attack_and_failing_claim_gets_its_code_and_never_reaches_upstream(
     assert [q for q in upstream.requests() if marker in q[1]] == []
 
 
+def test_a_repeated_account_header_names_no_single_account(envoy, upstream):
+    marker = uuid.uuid4().hex
+    r = call(envoy, sign("RS256"), path=f"/v1/agents?probe={marker}", extra=[("x-account-id", "acme")])
+    assert (r.status, r.code) == (400, "invalid_account"), r
+    assert [q for q in upstream.requests() if marker in q[1]] == []
+
+
 def test_routes_and_reserved_accounts_for_jwt_callers(envoy):
     assert call(envoy, sign("ES256", sub=unique_sub()), path="/api/v1/api-keys").status == 200
     admin = sign("ES256", sub=unique_sub(), scope="admin")

@@ -6,16 +6,11 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::types::Status;
 use std::cell::Cell;
 
+#[derive(Default)]
 pub struct EnvoySignatures {
-    /// Cleared the first time the host says it has no such function.
-    available: Cell<bool>,
-    probed: Cell<bool>,
-}
-
-impl Default for EnvoySignatures {
-    fn default() -> Self {
-        Self { available: Cell::new(true), probed: Cell::new(false) }
-    }
+    /// Whether the host has the function: unknown until probed, and `false`
+    /// from the first time the host says it has no such function.
+    available: Cell<Option<bool>>,
 }
 
 impl EnvoySignatures {
@@ -23,18 +18,18 @@ impl EnvoySignatures {
     /// a host that has it answers (whatever the answer), one that lacks it
     /// says NotFound.
     pub fn available(&self) -> bool {
-        if !self.probed.replace(true) {
-            if let Err(Status::NotFound) = hostcalls::call_foreign_function(host_wire::FUNCTION, Some(&[])) {
-                self.available.set(false);
-            }
+        if let Some(known) = self.available.get() {
+            return known;
         }
-        self.available.get()
+        let found = !matches!(hostcalls::call_foreign_function(host_wire::FUNCTION, Some(&[])), Err(Status::NotFound));
+        self.available.set(Some(found));
+        found
     }
 }
 
 impl SignatureHost for EnvoySignatures {
     fn verify_sha256(&self, public_key_der: &[u8], message: &[u8], signature: &[u8]) -> Option<bool> {
-        if !self.available.get() {
+        if self.available.get() == Some(false) {
             return None;
         }
         let arguments = host_wire::encode_arguments(public_key_der, message, signature);
@@ -43,7 +38,7 @@ impl SignatureHost for EnvoySignatures {
             Ok(None) => None,
             Err(Status::NotFound) => {
                 log::error!("edge-auth: the host has no {}: RS256 and ES256 tokens are refused", host_wire::FUNCTION);
-                self.available.set(false);
+                self.available.set(Some(false));
                 None
             }
             // Anything else: not verified, so refused.

@@ -23,14 +23,6 @@ pub enum Algorithm {
     Es256,
 }
 
-impl Provider {
-    /// Whether the provider admits RSA or ECDSA tokens, whose signatures the
-    /// module leaves to the host.
-    pub fn needs_host_signatures(&self) -> bool {
-        self.algorithms.iter().any(|alg| *alg != Algorithm::Hs256)
-    }
-}
-
 impl Algorithm {
     pub fn parse(text: &str) -> Option<Self> {
         match text {
@@ -70,6 +62,14 @@ pub struct Provider {
     pub scopes_claim: String,
     pub account_header: Option<String>,
     pub clock_skew_s: u64,
+}
+
+impl Provider {
+    /// Whether the provider admits RSA or ECDSA tokens, whose signatures the
+    /// module leaves to the host.
+    pub fn needs_host_signatures(&self) -> bool {
+        self.algorithms.iter().any(|alg| *alg != Algorithm::Hs256)
+    }
 }
 
 /// A JWK ready to verify: decoded and parsed once, at configuration.

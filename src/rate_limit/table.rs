@@ -21,7 +21,7 @@ pub const PROBES: u64 = 8;
 pub const MAX_ATTEMPTS: u32 = 16;
 
 const KEY_PREFIX: &str = "edge_auth/rl/";
-const VERSION: u8 = 1;
+const VERSION: u8 = 2;
 
 /// How a write is conditioned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,11 +81,13 @@ struct Entry {
     plan: u64,
     /// Unix nanoseconds from which every bucket is full again.
     idle_at_ns: u64,
+    /// The clock the last charge used: the buckets' time never runs back.
+    clock_ns: u64,
     tats: Vec<Tat>,
 }
 
 impl Entry {
-    const HEADER: usize = 1 + 8 + 8 + 8;
+    const HEADER: usize = 1 + 8 + 8 + 8 + 8;
 
     fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(Self::HEADER + 16 * self.tats.len());
@@ -93,6 +95,7 @@ impl Entry {
         out.extend_from_slice(&self.caller.to_le_bytes());
         out.extend_from_slice(&self.plan.to_le_bytes());
         out.extend_from_slice(&self.idle_at_ns.to_le_bytes());
+        out.extend_from_slice(&self.clock_ns.to_le_bytes());
         for tat in &self.tats {
             out.extend_from_slice(&tat.to_le_bytes());
         }
@@ -108,12 +111,13 @@ impl Entry {
         let (caller, rest) = take_u64(rest)?;
         let (plan, rest) = take_u64(rest)?;
         let (idle_at_ns, rest) = take_u64(rest)?;
+        let (clock_ns, rest) = take_u64(rest)?;
         let chunks = rest.chunks_exact(16);
         if !chunks.remainder().is_empty() {
             return None;
         }
         let tats = chunks.map(|c| c.try_into().map(u128::from_le_bytes)).collect::<Result<_, _>>().ok()?;
-        Some(Self { caller, plan, idle_at_ns, tats })
+        Some(Self { caller, plan, idle_at_ns, clock_ns, tats })
     }
 }
 
@@ -148,9 +152,14 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
     let gcras: Vec<Gcra> = plan.buckets.iter().map(Gcra::new).collect();
     let mut conflicts = 0;
     for _ in 0..MAX_ATTEMPTS {
-        let Some((key, cas, tats)) = find_slot(store, plan, caller, &gcras, now_ns) else {
+        let Some(Slot { key, cas, tats, clock_ns }) = find_slot(store, plan, caller, &gcras, now_ns) else {
             return ChargeResult { charge: Charge::TableFull, conflicts };
         };
+        // Charges take effect in compare-and-swap order, not in the order the
+        // workers read the clock: one that read it before the last writer did
+        // is charged at the writer's time, so each admitted request leaves
+        // exactly one token fewer.
+        let now_ns = now_ns.max(clock_ns);
         let verdicts: Vec<Verdict> = gcras.iter().zip(&tats).map(|(g, &tat)| g.check(tat, now_ns)).collect();
         if let Some(retry_in_ns) = verdicts
             .iter()
@@ -178,7 +187,8 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
                 }
             }
         }
-        let entry = Entry { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, tats: next };
+        let entry =
+            Entry { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, clock_ns: now_ns, tats: next };
         match store.set(&key, &entry.encode(), cas) {
             Ok(()) => {
                 let quota = quota.unwrap_or(Quota { limit: 0, remaining: 0, reset_s: 0 });
@@ -190,29 +200,36 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
     ChargeResult { charge: Charge::Contended, conflicts }
 }
 
+/// Where a charge writes, with the CAS condition, and the buckets it finds.
+struct Slot {
+    key: String,
+    cas: Cas,
+    tats: Vec<Tat>,
+    /// The clock of the last charge (0 for fresh buckets).
+    clock_ns: u64,
+}
+
 /// The caller's slot (its state, or a free or idle slot to claim with fresh
-/// buckets) and the CAS condition for writing it back.
-fn find_slot(
-    store: &dyn SharedStore,
-    plan: &Plan,
-    caller: CallerId,
-    gcras: &[Gcra],
-    now_ns: u64,
-) -> Option<(String, Cas, Vec<Tat>)> {
-    let fresh = || vec![0; gcras.len()];
+/// buckets).
+fn find_slot(store: &dyn SharedStore, plan: &Plan, caller: CallerId, gcras: &[Gcra], now_ns: u64) -> Option<Slot> {
+    let fresh = |(key, cas)| Slot { key, cas, tats: vec![0; gcras.len()], clock_ns: 0 };
     let mut claim: Option<(String, Cas)> = None;
     for probe in 0..PROBES {
         let key = slot_key(caller.slot + probe);
         let Some((bytes, cas)) = store.get(&key) else {
             // Slots are never removed, so the caller cannot live past a slot
             // that was never written.
-            let (key, cas) = claim.unwrap_or((key, Cas::Absent));
-            return Some((key, cas, fresh()));
+            return Some(fresh(claim.unwrap_or((key, Cas::Absent))));
         };
         match Entry::decode(&bytes) {
             Some(entry) if entry.caller == caller.fingerprint => {
+                let cas = Cas::Match(cas);
                 let usable = entry.plan == plan.fingerprint && entry.tats.len() == gcras.len();
-                return Some((key, Cas::Match(cas), if usable { entry.tats } else { fresh() }));
+                return Some(if usable {
+                    Slot { key, cas, tats: entry.tats, clock_ns: entry.clock_ns }
+                } else {
+                    fresh((key, cas))
+                });
             }
             Some(entry) if entry.idle_at_ns > now_ns => {}
             _ => {
@@ -220,7 +237,7 @@ fn find_slot(
             }
         }
     }
-    claim.map(|(key, cas)| (key, cas, fresh()))
+    claim.map(fresh)
 }
 
 /// The bucket with the fewest tokens left, without taking one.
@@ -360,6 +377,23 @@ mod tests {
     }
 
     #[test]
+    fn a_charge_whose_clock_lags_the_last_writer_still_takes_exactly_one_token() {
+        // Two workers read the clock; the one that read it earlier wins the
+        // compare-and-swap second. It must see one token fewer, not two.
+        let p = plans(&[(20, 3600)]);
+        let store = MemoryStore::default();
+        let caller = CallerId::new(b"k:lag");
+        let remaining = |now| match charge(&store, plan(&p), caller, now).charge {
+            Charge::Admitted(quota) => quota.remaining,
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(remaining(T0), 19);
+        assert_eq!(remaining(T0 - 1_000), 18);
+        assert_eq!(remaining(T0 - 2_000), 17);
+        assert_eq!(remaining(T0 + 1_000), 16);
+    }
+
+    #[test]
     fn a_creation_race_cannot_lose_a_token() {
         let p = plans(&[(3, 60)]);
         let store = MemoryStore::default();
@@ -391,7 +425,7 @@ mod tests {
         let victim = CallerId::new(b"k:victim");
         // Fill every probe slot of the victim with other, active callers.
         for probe in 0..PROBES {
-            let entry = Entry { caller: probe + 1, plan: 0, idle_at_ns: u64::MAX, tats: vec![0] };
+            let entry = Entry { caller: probe + 1, plan: 0, idle_at_ns: u64::MAX, clock_ns: T0, tats: vec![0] };
             store.set(&slot_key(victim.slot + probe), &entry.encode(), Cas::Absent).unwrap();
         }
         assert_eq!(charge(&store, plan(&p), victim, T0).charge, Charge::TableFull);
@@ -402,7 +436,7 @@ mod tests {
         let p = plans(&[(2, 3600)]);
         let store = MemoryStore::default();
         let caller = CallerId::new(b"k:late");
-        let blocker = Entry { caller: 7, plan: 0, idle_at_ns: T0 + SECOND, tats: vec![0] };
+        let blocker = Entry { caller: 7, plan: 0, idle_at_ns: T0 + SECOND, clock_ns: T0, tats: vec![0] };
         store.set(&slot_key(caller.slot), &blocker.encode(), Cas::Absent).unwrap();
         assert_eq!(admitted(&store, plan(&p), "k:late", 1, T0), 1); // lands in the second slot
                                                                     // The blocker goes idle; the caller must still find its own state.
@@ -411,9 +445,12 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_garbage_is_refused() {
-        let entry = Entry { caller: 1, plan: 2, idle_at_ns: 3, tats: vec![4, u128::MAX] };
+        let entry = Entry { caller: 1, plan: 2, idle_at_ns: 3, clock_ns: 5, tats: vec![4, u128::MAX] };
         let back = Entry::decode(&entry.encode()).unwrap();
-        assert_eq!((back.caller, back.plan, back.idle_at_ns, back.tats), (1, 2, 3, vec![4, u128::MAX]));
+        assert_eq!(
+            (back.caller, back.plan, back.idle_at_ns, back.clock_ns, back.tats),
+            (1, 2, 3, 5, vec![4, u128::MAX])
+        );
         assert!(Entry::decode(b"").is_none());
         assert!(Entry::decode(&[VERSION, 1, 2]).is_none());
         let mut odd = entry.encode();

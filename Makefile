@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm cli venv toolchain run test lint unit e2e bench bench-tools bench-envoy oci fuzz clean
+.PHONY: all wasm cli venv toolchain run test lint unit e2e redis-tools bench bench-tools bench-envoy oci fuzz clean
 
 all: wasm cli
 
@@ -17,17 +17,17 @@ toolchain:
 	@rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt
 
 wasm: toolchain
-	cargo build --release --target $(CARGO_TARGET) --lib
+	cargo build --release --target $(CARGO_TARGET) -p edge-auth --lib
 	@ls -l $(WASM) | awk '{print "module: " $$5 " bytes"}'
 
 cli:
-	cargo build --release --bin edge-auth
+	cargo build --release -p edge-auth-cli
 
 venv: $(VENV)/.installed
 
-$(VENV)/.installed: tests/requirements.txt
+$(VENV)/.installed: e2e/requirements.txt
 	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
 	touch $@
 
 run: wasm cli venv
@@ -38,13 +38,13 @@ test: lint unit e2e
 lint: toolchain
 	cargo fmt --check
 	cargo clippy --all-targets -- -D warnings
-	cargo clippy --release --target $(CARGO_TARGET) --lib -- -D warnings
+	cargo clippy --release --target $(CARGO_TARGET) -p edge-auth --lib -- -D warnings
 
 unit:
 	cargo test
 
 e2e: wasm cli venv
-	cd tests && ../$(PYTHON) -m pytest -q
+	cd e2e && ../$(PYTHON) -m pytest -q
 
 # Host micro-benchmarks, then the module beside plain Envoy and Envoy's native
 # filters (bench/compare.py: nginx upstream, wrk load, from Debian's packages).
@@ -55,6 +55,12 @@ bench: wasm cli venv bench-tools
 	$(PYTHON) bench/compare.py
 
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+# Debian's redis-server (and redis-cli): the fleet-wide limiter's tests run
+# real Redis servers and a real Redis Cluster.
+redis-tools:
+	@command -v redis-server >/dev/null && command -v redis-cli >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq redis-server redis-tools >/dev/null; }
 
 bench-tools:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \

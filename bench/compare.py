@@ -38,7 +38,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "e2e"))
 
 from harness import ENVOY_BIN, ENVOY_YAML, WASM, free_port, wasm_filter  # noqa: E402
 from jwt_keys import ISSUER, jwks, sign  # noqa: E402

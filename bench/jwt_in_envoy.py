@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
 from harness import Envoy, key_hash, start_upstream  # noqa: E402
 from jwt_keys import ISSUER, jwks, sign  # noqa: E402

@@ -10,7 +10,7 @@ use edge_auth::config::{self, Environment, Policy};
 use edge_auth::decision::{decide, Request, Runtime};
 use edge_auth::fetched::Fetched;
 use edge_auth::jwt::{NoSignatureHost, TokenCache};
-use edge_auth::rate_limit::MemoryStore;
+use edge_auth::store::MemoryStore;
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};

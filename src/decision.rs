@@ -6,9 +6,10 @@ use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
 use crate::fetched::Fetched;
 use crate::jwt::{self, SignatureHost, TokenCache, TokenError, VerifiedToken};
-use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota, SharedStore};
+use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota};
 use crate::route::{self, Auth, CredentialKind, Route};
 use crate::source::SharedSource;
+use crate::store::SharedStore;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -322,7 +323,7 @@ mod tests {
     use crate::api_key::KeyHasher;
     use crate::config::{parse, Environment};
     use crate::jwt::NoSignatureHost;
-    use crate::rate_limit::MemoryStore;
+    use crate::store::MemoryStore;
 
     fn runtime<'a>(now_ns: u64, store: &'a MemoryStore, tokens: &'a RefCell<TokenCache>) -> Runtime<'a, 'static> {
         Runtime { now_ns, store, tokens, fetched: Box::leak(Box::new(Fetched::empty())), signatures: &NoSignatureHost }

@@ -4,8 +4,8 @@
 use crate::api_key::{KeySet, RecordRules};
 use crate::config::{ConfigError, JwkSetDoc, KeyRecordDoc, Policy, Source};
 use crate::jwt::{compile_jwks, VerifyKey};
-use crate::rate_limit::SharedStore;
 use crate::source::SharedSource;
+use crate::store::SharedStore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;

@@ -7,7 +7,7 @@ use crate::credential::{self, Credential, Malformed, Prefixes, AUTHORIZATION, X_
 use crate::decision::{decide, Request, Runtime, Verdict};
 use crate::fetched::{self, Fetched, Kind};
 use crate::jwt::{self, NoSignatureHost, TokenCache, VerifyKey};
-use crate::rate_limit::MemoryStore;
+use crate::store::MemoryStore;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};

@@ -15,10 +15,10 @@ pub mod fetched;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod jwt;
-pub mod keygen;
 pub mod rate_limit;
 pub mod route;
 pub mod source;
+pub mod store;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

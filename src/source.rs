@@ -9,7 +9,7 @@
 //! with its own on each request and re-parses only when it changed. A failed
 //! or invalid answer only releases the lease: the last good body stays.
 
-use crate::rate_limit::{Cas, SharedStore};
+use crate::store::{self, Cas, SharedStore};
 use std::time::Duration;
 
 /// How long a lease holder may take before another worker may fetch.
@@ -83,30 +83,17 @@ impl<'a> SharedSource<'a> {
     }
 
     pub fn meta(&self) -> Meta {
-        self.load().map(|(meta, _)| meta).unwrap_or_default()
-    }
-
-    fn load(&self) -> Option<(Meta, u32)> {
-        let (bytes, cas) = self.store.get(&self.meta_key)?;
-        Some((Meta::decode(&bytes)?, cas))
+        self.store.get(&self.meta_key).and_then(|(bytes, _)| Meta::decode(&bytes)).unwrap_or_default()
     }
 
     /// Applies `change` to the meta entry under compare-and-swap; `change`
     /// returns false to give up. Returns the entry written, if one was.
     fn update(&self, change: impl Fn(&mut Meta) -> bool) -> Option<Meta> {
-        for _ in 0..ATTEMPTS {
-            let (mut meta, cas) = match self.load() {
-                Some((meta, cas)) => (meta, Cas::Match(cas)),
-                None => (Meta::default(), Cas::Absent),
-            };
-            if !change(&mut meta) {
-                return None;
-            }
-            if self.store.set(&self.meta_key, &meta.encode(), cas).is_ok() {
-                return Some(meta);
-            }
-        }
-        None
+        let written = store::update(self.store, &self.meta_key, ATTEMPTS, |current| {
+            let mut meta = current.and_then(Meta::decode).unwrap_or_default();
+            change(&mut meta).then(|| meta.encode())
+        })?;
+        Meta::decode(&written)
     }
 
     /// Takes the fetch lease if a fetch is due and nobody holds it. The
@@ -187,7 +174,7 @@ fn nanos(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rate_limit::MemoryStore;
+    use crate::store::MemoryStore;
 
     const S: u64 = 1_000_000_000;
     const T0: u64 = 1_800_000_000 * S;

@@ -4,11 +4,9 @@
 //! and refuse exactly the same documents with exactly the same messages.
 
 mod compile;
-mod diff;
 mod schema;
 
 pub use compile::{ApiKeys, Policy, Source, SHADOW_HEADER};
-pub use diff::diff;
 pub use schema::{BucketDoc, JwkSetDoc, KeyRecordDoc, Mode, PolicyDoc, DEFAULT_ACCOUNT_PATTERN, DEFAULT_PEPPER_ENV};
 
 use std::fmt;

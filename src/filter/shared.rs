@@ -1,7 +1,7 @@
 //! Proxy-wasm shared data as the rate limiter's store: one map per `vm_id`,
 //! shared by every worker of the Envoy process.
 
-use crate::rate_limit::{Cas, Conflict, SharedStore};
+use crate::store::{Cas, Conflict, SharedStore};
 use proxy_wasm::hostcalls;
 
 pub struct HostStore;

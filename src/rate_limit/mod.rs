@@ -5,4 +5,4 @@ mod plan;
 mod table;
 
 pub use plan::{Bucket, Plan, PlanId, Plans};
-pub use table::{charge, CallerId, Cas, Charge, ChargeResult, Conflict, MemoryStore, Quota, SharedStore, SLOTS};
+pub use table::{charge, CallerId, Charge, ChargeResult, Quota, SLOTS};

@@ -10,6 +10,7 @@
 
 use super::gcra::{Gcra, Tat, Verdict};
 use super::plan::Plan;
+use crate::store::{retry, Cas, Conflict, SharedStore};
 use sha2::{Digest, Sha256};
 
 /// Distinct callers whose buckets are not yet full again that one Envoy
@@ -22,28 +23,6 @@ pub const MAX_ATTEMPTS: u32 = 16;
 
 const KEY_PREFIX: &str = "edge_auth/rl/";
 const VERSION: u8 = 2;
-
-/// How a write is conditioned.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Cas {
-    /// Whatever the key holds (for a value only one writer owns).
-    Any,
-    /// Only if the key does not exist yet.
-    Absent,
-    /// Only if the key still has this CAS value.
-    Match(u32),
-}
-
-/// A write lost its compare-and-swap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Conflict;
-
-/// The host's shared key-value store (proxy-wasm shared data).
-pub trait SharedStore {
-    /// The value and its CAS number, or `None` if the key was never written.
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
-    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict>;
-}
 
 /// What a caller's most constrained bucket looks like (for `x-ratelimit-*`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,10 +129,9 @@ fn slot_key(slot: u64) -> String {
 /// Takes one token from every bucket of `plan` for `caller`, all or nothing.
 pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u64) -> ChargeResult {
     let gcras: Vec<Gcra> = plan.buckets.iter().map(Gcra::new).collect();
-    let mut conflicts = 0;
-    for _ in 0..MAX_ATTEMPTS {
+    let attempt = || -> Result<Charge, Conflict> {
         let Some(Slot { key, cas, tats, clock_ns }) = find_slot(store, plan, caller, &gcras, now_ns) else {
-            return ChargeResult { charge: Charge::TableFull, conflicts };
+            return Ok(Charge::TableFull);
         };
         // Charges take effect in compare-and-swap order, not in the order the
         // workers read the clock: one that read it before the last writer did
@@ -171,8 +149,7 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
         {
             // A refusal takes no token, so nothing is written.
             let quota = most_constrained(&gcras, &tats, now_ns);
-            let charge = Charge::Limited { quota, retry_after_s: ceil_seconds(retry_in_ns) };
-            return ChargeResult { charge, conflicts };
+            return Ok(Charge::Limited { quota, retry_after_s: ceil_seconds(retry_in_ns) });
         }
         let mut quota: Option<Quota> = None;
         let mut next = Vec::with_capacity(verdicts.len());
@@ -189,15 +166,11 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
         }
         let entry =
             Entry { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, clock_ns: now_ns, tats: next };
-        match store.set(&key, &entry.encode(), cas) {
-            Ok(()) => {
-                let quota = quota.unwrap_or(Quota { limit: 0, remaining: 0, reset_s: 0 });
-                return ChargeResult { charge: Charge::Admitted(quota), conflicts };
-            }
-            Err(Conflict) => conflicts += 1,
-        }
-    }
-    ChargeResult { charge: Charge::Contended, conflicts }
+        store.set(&key, &entry.encode(), cas)?;
+        Ok(Charge::Admitted(quota.unwrap_or(Quota { limit: 0, remaining: 0, reset_s: 0 })))
+    };
+    let retried = retry(MAX_ATTEMPTS, attempt);
+    ChargeResult { charge: retried.value.unwrap_or(Charge::Contended), conflicts: retried.conflicts }
 }
 
 /// Where a charge writes, with the CAS condition, and the buckets it finds.
@@ -257,57 +230,12 @@ fn ceil_seconds(ns: u128) -> u64 {
     u64::try_from(ns.div_ceil(1_000_000_000)).unwrap_or(u64::MAX)
 }
 
-/// An in-process [`SharedStore`] with proxy-wasm-cpp-host's semantics: any
-/// write to a missing key creates it; an existing key needs a matching CAS.
-/// For host tests and benchmarks.
-#[derive(Default)]
-pub struct MemoryStore {
-    data: std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, u32)>>,
-    next_cas: std::sync::atomic::AtomicU32,
-}
-
-impl MemoryStore {
-    pub fn len(&self) -> usize {
-        self.data.lock().map_or(0, |d| d.len())
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl SharedStore for MemoryStore {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.data.lock().ok()?.get(key).cloned()
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
-        let mut data = self.data.lock().map_err(|_| Conflict)?;
-        let next = self.next_cas.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_add(1);
-        match (data.get_mut(key), cas) {
-            (Some(slot), Cas::Any) => {
-                *slot = (value.to_vec(), next);
-                Ok(())
-            }
-            (Some(_), Cas::Absent) => Err(Conflict),
-            (Some(slot), Cas::Match(expected)) if slot.1 != expected => Err(Conflict),
-            (Some(slot), Cas::Match(_)) => {
-                *slot = (value.to_vec(), next);
-                Ok(())
-            }
-            (None, _) => {
-                data.insert(key.to_owned(), (value.to_vec(), next));
-                Ok(())
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::BucketDoc;
     use crate::rate_limit::Plans;
+    use crate::store::MemoryStore;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 

@@ -1,9 +1,12 @@
 //! `edge-auth`: mint and hash API keys, check policies.
 
+mod diff;
+mod keygen;
+
 use edge_auth::account::AccountRules;
 use edge_auth::api_key::KeyHasher;
 use edge_auth::config::{self, Environment, DEFAULT_ACCOUNT_PATTERN, DEFAULT_PEPPER_ENV};
-use edge_auth::keygen::{mint, KeySpec};
+use keygen::{mint, KeySpec};
 use std::io::Read;
 use std::process::ExitCode;
 use std::time::SystemTime;
@@ -164,7 +167,7 @@ fn policy_diff(old: &str, new: &str) -> Result<(), Failure> {
         config::parse(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("{file}: config: {e}")))?;
         config::parse_doc(&json).map_err(|e| Failure::Failed(format!("{file}: config: {e}")))
     };
-    let changes = config::diff(&read(old)?, &read(new)?);
+    let changes = diff::diff(&read(old)?, &read(new)?);
     if changes.is_empty() {
         println!("no changes");
     }

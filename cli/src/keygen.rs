@@ -1,7 +1,7 @@
 //! Minting new API keys: `<prefix><account>_<secret>` and the record to store.
 
-use crate::api_key::KeyHasher;
-use crate::config::KeyRecordDoc;
+use edge_auth::api_key::KeyHasher;
+use edge_auth::config::KeyRecordDoc;
 
 /// Base62: the secret must not contain `_`, the account separator.
 const ALPHABET: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -62,7 +62,7 @@ pub fn mint(spec: KeySpec, hasher: &KeyHasher) -> Result<NewKey, getrandom::Erro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credential::{extract, Credential, Prefixes};
+    use edge_auth::credential::{extract, Credential, Prefixes};
 
     #[test]
     fn minted_keys_parse_back_and_hash_to_their_record() {

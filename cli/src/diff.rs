@@ -6,7 +6,7 @@
 //! compared by id, plans and JWT providers by name, routes as an ordered list
 //! (order decides which rule applies), and every other field by path.
 
-use super::schema::PolicyDoc;
+use edge_auth::config::PolicyDoc;
 use serde_json::{Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -172,7 +172,7 @@ fn fields(out: &mut Vec<String>, path: &str, old: &Value, new: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::parse_doc;
+    use edge_auth::config::parse_doc;
 
     fn lines(old: &str, new: &str) -> Vec<String> {
         diff(&parse_doc(old.as_bytes()).unwrap(), &parse_doc(new.as_bytes()).unwrap())

@@ -1,0 +1,146 @@
+//! The host's shared key-value store (proxy-wasm shared data, or process
+//! memory in the native module): values every worker of one Envoy reads and
+//! updates with compare-and-swap. Rate limits and fetched documents live here.
+
+/// How a write is conditioned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cas {
+    /// Whatever the key holds (for a value only one writer owns).
+    Any,
+    /// Only if the key does not exist yet.
+    Absent,
+    /// Only if the key still has this CAS value.
+    Match(u32),
+}
+
+/// A write lost its compare-and-swap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conflict;
+
+/// Shared data: keys are never deleted, so callers bound their key space.
+pub trait SharedStore {
+    /// The value and its CAS number, or `None` if the key was never written.
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)>;
+    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict>;
+}
+
+/// What a compare-and-swap loop ended with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retried<T> {
+    /// `None` when every attempt lost its compare-and-swap.
+    pub value: Option<T>,
+    /// Compare-and-swap conflicts met on the way.
+    pub conflicts: u32,
+}
+
+/// Runs `attempt` until it does not lose a compare-and-swap, at most
+/// `attempts` times. Bounded, so a contended store makes callers give up
+/// (and fail closed) rather than spin.
+pub fn retry<T>(attempts: u32, mut attempt: impl FnMut() -> Result<T, Conflict>) -> Retried<T> {
+    let mut conflicts = 0;
+    for _ in 0..attempts {
+        match attempt() {
+            Ok(value) => return Retried { value: Some(value), conflicts },
+            Err(Conflict) => conflicts += 1,
+        }
+    }
+    Retried { value: None, conflicts }
+}
+
+/// Read-modify-write of one key: `change` sees the current value (`None` if
+/// the key was never written) and returns the value to write, or `None` to
+/// leave the key alone. Returns the value written.
+pub fn update(
+    store: &dyn SharedStore,
+    key: &str,
+    attempts: u32,
+    mut change: impl FnMut(Option<&[u8]>) -> Option<Vec<u8>>,
+) -> Option<Vec<u8>> {
+    let written = retry(attempts, || {
+        let current = store.get(key);
+        let cas = current.as_ref().map_or(Cas::Absent, |(_, cas)| Cas::Match(*cas));
+        let Some(next) = change(current.as_ref().map(|(value, _)| value.as_slice())) else {
+            return Ok(None);
+        };
+        store.set(key, &next, cas).map(|()| Some(next))
+    });
+    written.value.flatten()
+}
+
+/// An in-process [`SharedStore`] with proxy-wasm-cpp-host's semantics: any
+/// write to a missing key creates it; an existing key needs a matching CAS.
+#[derive(Default)]
+pub struct MemoryStore {
+    data: std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+    next_cas: std::sync::atomic::AtomicU32,
+}
+
+impl MemoryStore {
+    pub fn len(&self) -> usize {
+        self.data.lock().map_or(0, |d| d.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl SharedStore for MemoryStore {
+    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+        self.data.lock().ok()?.get(key).cloned()
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
+        let mut data = self.data.lock().map_err(|_| Conflict)?;
+        let next = self.next_cas.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_add(1);
+        match (data.get_mut(key), cas) {
+            (Some(_), Cas::Absent) => Err(Conflict),
+            (Some(slot), Cas::Match(expected)) if slot.1 != expected => Err(Conflict),
+            (Some(slot), Cas::Any | Cas::Match(_)) => {
+                *slot = (value.to_vec(), next);
+                Ok(())
+            }
+            (None, _) => {
+                data.insert(key.to_owned(), (value.to_vec(), next));
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_retries_lost_races_and_can_decline() {
+        let store = MemoryStore::default();
+        let add = |current: Option<&[u8]>| Some(vec![current.map_or(0, |v| v[0]) + 1]);
+        assert_eq!(update(&store, "n", 4, add), Some(vec![1]));
+        assert_eq!(update(&store, "n", 4, add), Some(vec![2]));
+        assert_eq!(update(&store, "n", 4, |_| None), None);
+        assert_eq!(store.get("n").map(|(v, _)| v), Some(vec![2]));
+        // A rival writes between every read and write: the loop gives up.
+        let mut calls = 0;
+        let lost = update(&store, "n", 3, |current| {
+            calls += 1;
+            store.set("n", &[9], Cas::Any).unwrap();
+            Some(current.unwrap().to_vec())
+        });
+        assert_eq!((lost, calls), (None, 3));
+    }
+
+    #[test]
+    fn retry_counts_conflicts() {
+        let mut left = 2;
+        let r = retry(5, || {
+            if left == 0 {
+                return Ok(());
+            }
+            left -= 1;
+            Err(Conflict)
+        });
+        assert_eq!(r, Retried { value: Some(()), conflicts: 2 });
+        assert_eq!(retry(2, || Err::<(), _>(Conflict)), Retried { value: None, conflicts: 2 });
+    }
+}

@@ -4,23 +4,19 @@
 // A benchmark, not request-path code: failing loudly on bad fixtures is right.
 #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-use edge_auth::action::act;
 use edge_auth::api_key::KeyHasher;
-use edge_auth::config::{self, Environment, Policy};
 use edge_auth::decision::{decide, Request, Runtime};
+use edge_auth::effects;
 use edge_auth::fetched::Fetched;
 use edge_auth::jwt::{NoSignatureHost, TokenCache};
+use edge_auth::policy::Policy;
 use edge_auth::store::MemoryStore;
+use edge_auth::testing::EveryVar;
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-struct Pepper;
-impl Environment for Pepper {
-    fn var(&self, _: &str) -> Option<String> {
-        Some("bench-pepper".into())
-    }
-}
+const PEPPER: EveryVar = EveryVar("bench-pepper");
 
 const ROUNDS: usize = 15;
 
@@ -106,13 +102,13 @@ fn bench_requests(policy: &Policy, label: &str, iters: u32, pairs: &[(&str, &str
         let runtime =
             Runtime { now_ns, store: &store, tokens: &tokens, fetched: &fetched, signatures: &NoSignatureHost };
         let decision = decide(black_box(policy), black_box(&request), &runtime);
-        black_box(act(policy, &decision));
+        black_box(effects::of(policy, &decision));
     });
 }
 
 fn main() {
     for keys in [10, 10_000] {
-        let policy = config::parse(policy_json(keys).as_bytes(), &Pepper).unwrap();
+        let policy = Policy::from_json(policy_json(keys).as_bytes(), &PEPPER).unwrap();
         let key = format!("sk_live_acme_Secret{:08}", keys / 2);
         let bearer = format!("Bearer {key}");
         bench_decision(&policy, &format!("decide+act: Bearer sk_live_ ({keys} keys)"), &[("authorization", &bearer)]);
@@ -124,12 +120,12 @@ fn main() {
         );
     }
     let key = "sk_live_acme_Secret00000005";
-    let limited = config::parse(policy_with(10, "huge").as_bytes(), &Pepper).unwrap();
+    let limited = Policy::from_json(policy_with(10, "huge").as_bytes(), &PEPPER).unwrap();
     bench_decision(&limited, "decide+act: x-api-key + 2-bucket plan, admitted", &[("x-api-key", key)]);
-    let limited = config::parse(policy_with(10, "tiny").as_bytes(), &Pepper).unwrap();
+    let limited = Policy::from_json(policy_with(10, "tiny").as_bytes(), &PEPPER).unwrap();
     bench_decision(&limited, "decide+act: x-api-key, rate limited (429)", &[("x-api-key", key)]);
 
-    let policy = config::parse(policy_json(10).as_bytes(), &Pepper).unwrap();
+    let policy = Policy::from_json(policy_json(10).as_bytes(), &PEPPER).unwrap();
     bench_decision(&policy, "decide+act: no credential (401)", &[]);
     bench_decision(&policy, "decide+act: ambiguous (400)", &[("x-api-key", "a"), ("x-api-key", "b")]);
 
@@ -140,7 +136,7 @@ fn main() {
     let mut samples = Vec::new();
     for _ in 0..5 {
         let start = Instant::now();
-        black_box(config::parse(json.as_bytes(), &Pepper).unwrap());
+        black_box(Policy::from_json(json.as_bytes(), &PEPPER).unwrap());
         samples.push(start.elapsed().as_secs_f64() * 1e3);
     }
     samples.sort_by(f64::total_cmp);
@@ -171,7 +167,7 @@ fn bench_jwt() {
         b64(x),
         b64(y)
     );
-    let policy = config::parse(json.as_bytes(), &Pepper).unwrap();
+    let policy = Policy::from_json(json.as_bytes(), &PEPPER).unwrap();
     let claims = || {
         let custom =
             serde_json::json!({"org_id": "org_42", "accounts": ["acme"], "scope": "agents:read tasks:execute"});
@@ -198,7 +194,7 @@ fn bench_jwt() {
 fn bench_rate_limit_step() {
     use edge_auth::rate_limit::{charge, CallerId};
 
-    let policy = config::parse(policy_with(1, "huge").as_bytes(), &Pepper).unwrap();
+    let policy = Policy::from_json(policy_with(1, "huge").as_bytes(), &PEPPER).unwrap();
     let plan = policy.plans.get(policy.plans.id("huge").unwrap()).unwrap();
     let store = MemoryStore::default();
     let caller = CallerId::new(b"k:key_0");

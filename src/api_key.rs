@@ -4,9 +4,10 @@
 //! looked up; the lookup indexes on 8 bytes of the MAC and confirms the full
 //! 32 bytes in constant time, so timing reveals nothing about stored hashes.
 
-use crate::config::ConfigError;
-use crate::config::KeyRecordDoc;
+use crate::config::{ApiKeysDoc, ConfigError, Environment, KeyRecordDoc};
 use crate::rate_limit::{CallerId, PlanId, Plans};
+use crate::remote::Endpoint;
+use crate::text::{is_header_safe, is_scope};
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
@@ -109,6 +110,33 @@ pub struct ApiKey {
     pub expires_at: Option<u64>,
 }
 
+/// The policy's API keys: how presented keys are hashed, the inline set,
+/// and where more are fetched from.
+#[derive(Debug)]
+pub struct ApiKeys {
+    pub hasher: KeyHasher,
+    /// The inline keys and revocations of the policy.
+    pub inline: KeySet,
+    pub source: Option<Endpoint>,
+}
+
+impl ApiKeys {
+    /// Compiles `api_keys` (prefixes excepted); the pepper comes from `env`.
+    pub fn compile(doc: &ApiKeysDoc, env: &dyn Environment, rules: &RecordRules<'_>) -> Result<Self, ConfigError> {
+        let pepper = env.var(&doc.pepper_env).filter(|p| !p.is_empty()).ok_or_else(|| {
+            ConfigError::new(
+                "api_keys.pepper_env",
+                format!("environment variable {} is missing or empty", doc.pepper_env),
+            )
+        })?;
+        let hasher = KeyHasher::new(pepper.as_bytes())
+            .map_err(|_| ConfigError::new("api_keys.pepper_env", "unusable pepper"))?;
+        let inline = KeySet::build(&doc.keys, &doc.revoked, rules, "api_keys")?;
+        let source = doc.source.as_ref().map(|s| Endpoint::compile(s, "api_keys.source", 1.0)).transpose()?;
+        Ok(Self { hasher, inline, source })
+    }
+}
+
 /// What the key records are checked against when a set is built.
 pub struct RecordRules<'a> {
     pub account_ok: &'a dyn Fn(&str) -> bool,
@@ -190,7 +218,7 @@ fn compile_record(
         return Err(ConfigError::new(at("account"), "does not match account_pattern"));
     }
     for (j, scope) in record.scopes.iter().enumerate() {
-        if scope.is_empty() || !is_header_safe(scope) || scope.contains(' ') {
+        if !is_scope(scope) {
             return Err(ConfigError::new(at(&format!("scopes[{j}]")), "a scope is visible ASCII without spaces"));
         }
     }
@@ -223,11 +251,6 @@ fn compile_record(
 pub fn parse_timestamp(text: &str) -> Option<u64> {
     let time = humantime::parse_rfc3339(text).ok()?;
     time.duration_since(std::time::UNIX_EPOCH).ok().map(|d| d.as_secs())
-}
-
-/// Visible ASCII and spaces only: safe to copy into a request header.
-pub fn is_header_safe(value: &str) -> bool {
-    value.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 #[cfg(test)]

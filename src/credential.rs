@@ -4,6 +4,7 @@
 //! comma-joined one, are ambiguous, and ambiguity is refused rather than
 //! resolved, so a bad credential can never fall back to another one.
 
+use crate::config::ConfigError;
 use std::fmt;
 
 /// Longest accepted credential header value, in bytes (after trimming).
@@ -17,6 +18,33 @@ pub const X_API_KEY: &str = "x-api-key";
 pub struct Prefixes {
     pub secret: Vec<String>,
     pub public: Vec<String>,
+}
+
+impl Prefixes {
+    /// The contract's default prefixes (a policy without `api_keys`).
+    pub fn standard() -> Self {
+        Self { secret: vec!["sk_live_".into(), "sk_test_".into()], public: vec!["pk_live_".into(), "pk_test_".into()] }
+    }
+
+    /// Checks a policy's prefixes: non-empty, visible, none a prefix of another.
+    pub fn compile(secret: &[String], public: &[String]) -> Result<Self, ConfigError> {
+        let all = secret
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (format!("api_keys.secret_prefixes[{i}]"), p))
+            .chain(public.iter().enumerate().map(|(i, p)| (format!("api_keys.public_prefixes[{i}]"), p)));
+        let all: Vec<_> = all.collect();
+        for (i, (at, prefix)) in all.iter().enumerate() {
+            if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+                return Err(ConfigError::new(at.as_str(), "a prefix is non-empty visible ASCII"));
+            }
+            let clash = all.iter().enumerate().any(|(j, (_, other))| i != j && other.starts_with(prefix.as_str()));
+            if clash {
+                return Err(ConfigError::new(at.as_str(), format!("'{prefix}' overlaps another prefix")));
+            }
+        }
+        Ok(Self { secret: secret.to_vec(), public: public.to_vec() })
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +92,7 @@ impl fmt::Display for Malformed {
 
 /// Which header a credential came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
+pub enum Carrier {
     Authorization,
     XApiKey,
 }
@@ -73,35 +101,35 @@ pub enum Source {
 pub fn extract<'a, N, V>(
     headers: &'a [(N, V)],
     prefixes: &Prefixes,
-) -> Result<Option<(Credential<'a>, Source)>, Malformed>
+) -> Result<Option<(Credential<'a>, Carrier)>, Malformed>
 where
     N: AsRef<str>,
     V: AsRef<[u8]>,
 {
-    let mut found: Option<(&'a [u8], Source)> = None;
+    let mut found: Option<(&'a [u8], Carrier)> = None;
     for (name, value) in headers {
         let name = name.as_ref();
-        let source = if name.eq_ignore_ascii_case(AUTHORIZATION) {
-            Source::Authorization
+        let carrier = if name.eq_ignore_ascii_case(AUTHORIZATION) {
+            Carrier::Authorization
         } else if name.eq_ignore_ascii_case(X_API_KEY) {
-            Source::XApiKey
+            Carrier::XApiKey
         } else {
             continue;
         };
         if found.is_some() {
             return Err(Malformed::Ambiguous);
         }
-        found = Some((value.as_ref(), source));
+        found = Some((value.as_ref(), carrier));
     }
-    let Some((raw, source)) = found else {
+    let Some((raw, carrier)) = found else {
         return Ok(None);
     };
     let value = clean_value(raw)?;
-    let credential = match source {
-        Source::Authorization => parse_authorization(value, prefixes)?,
-        Source::XApiKey => parse_api_key(value, prefixes)?,
+    let credential = match carrier {
+        Carrier::Authorization => parse_authorization(value, prefixes)?,
+        Carrier::XApiKey => parse_api_key(value, prefixes)?,
     };
-    Ok(Some((credential, source)))
+    Ok(Some((credential, carrier)))
 }
 
 /// Checks size, encoding and characters; returns the value without the

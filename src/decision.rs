@@ -1,21 +1,27 @@
-//! The request decision: the contract's decision table as one pure function.
+//! The contract's decision table, evaluated for one request.
+//!
+//! Deciding reads the policy and the request, and uses the [`Runtime`] for
+//! what only the host has: the clock, the shared token buckets (charged here,
+//! row 15), the fetched key sets and JWKS, and this worker's cache of verified
+//! tokens (filled here). Nothing else is written.
 
 use crate::api_key::ApiKey;
-use crate::config::Policy;
 use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
 use crate::fetched::Fetched;
 use crate::jwt::{self, SignatureHost, TokenCache, TokenError, VerifiedToken};
+use crate::policy::Policy;
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota};
 use crate::route::{self, Auth, CredentialKind, Route};
-use crate::source::SharedSource;
 use crate::store::SharedStore;
 use std::borrow::Cow;
 use std::cell::RefCell;
+use std::fmt;
 use std::rc::Rc;
 
 /// What the decision reads of a request.
 pub struct Request<'a, N, V> {
+    /// The HTTP method (`:method`).
     pub method: &'a str,
     /// `:path` as received; query and fragment are ignored.
     pub path: &'a str,
@@ -47,7 +53,8 @@ pub struct Identity<'p> {
     pub subject: Cow<'p, str>,
     /// Space-joined.
     pub scopes: Cow<'p, str>,
-    pub method: CredentialKind,
+    /// Which kind of credential proved it (`x-auth-method`).
+    pub kind: CredentialKind,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +64,23 @@ pub enum Verdict<'p> {
     Deny(Denial),
 }
 
+/// Why a credential was refused, in more detail than its code; for logs,
+/// never for clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Detail {
+    Malformed(Malformed),
+    Token(TokenError),
+}
+
+impl fmt::Display for Detail {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Detail::Malformed(why) => why.fmt(f),
+            Detail::Token(why) => write!(f, "{why:?}"),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Decision<'p> {
     /// Index of the matched route; `None` is the default route.
@@ -64,15 +88,15 @@ pub struct Decision<'p> {
     pub verdict: Verdict<'p>,
     /// The key id once a key is known, for logs (never the key).
     pub key_id: Option<&'p str>,
-    /// Why the credential was malformed, for logs.
-    pub malformed: Option<Malformed>,
+    /// Why the credential was refused, when the code alone does not say.
+    pub detail: Option<Detail>,
     /// The rate-limit step, when the caller has a plan.
     pub rate: Option<ChargeResult>,
 }
 
 impl<'p> Decision<'p> {
     fn new(route: Option<usize>, verdict: Verdict<'p>) -> Self {
-        Self { route, verdict, key_id: None, malformed: None, rate: None }
+        Self { route, verdict, key_id: None, detail: None, rate: None }
     }
 
     /// The caller's most constrained bucket, for `x-ratelimit-*`.
@@ -84,25 +108,38 @@ impl<'p> Decision<'p> {
     }
 }
 
+/// The route a request matched, and its index for logs (`None`: the default).
+#[derive(Clone, Copy)]
+struct Matched<'p> {
+    index: Option<usize>,
+    route: &'p Route,
+}
+
+impl<'p> Matched<'p> {
+    fn decide(self, verdict: Verdict<'p>) -> Decision<'p> {
+        Decision::new(self.index, verdict)
+    }
+
+    fn deny(self, denial: impl Into<Denial>) -> Decision<'p> {
+        self.decide(Verdict::Deny(denial.into()))
+    }
+}
+
 /// Decides a request.
 pub fn decide<'p, N, V>(policy: &'p Policy, request: &Request<'_, N, V>, runtime: &Runtime<'_, 'p>) -> Decision<'p>
 where
     N: AsRef<str>,
     V: AsRef<[u8]>,
 {
-    let (route_index, route) = route::find(&policy.routes, request.path, request.method);
+    let (index, route) = route::find(&policy.routes, request.path, request.method);
+    let on = Matched { index, route };
     if route.auth == Auth::None {
-        return Decision::new(route_index, Verdict::Allow(None));
+        return on.decide(Verdict::Allow(None));
     }
-    let deny = |denial: Denial| Decision::new(route_index, Verdict::Deny(denial));
     let credential = match credential::extract(request.headers, &policy.prefixes) {
-        Err(why) => {
-            return Decision { malformed: Some(why), ..deny(Code::MalformedCredentials.into()) };
-        }
-        Ok(None) if route.auth == Auth::Optional => {
-            return Decision::new(route_index, Verdict::Allow(None));
-        }
-        Ok(None) => return deny(Code::MissingAuthentication.into()),
+        Err(why) => return Decision { detail: Some(Detail::Malformed(why)), ..on.deny(Code::MalformedCredentials) },
+        Ok(None) if route.auth == Auth::Optional => return on.decide(Verdict::Allow(None)),
+        Ok(None) => return on.deny(Code::MissingAuthentication),
         Ok(Some((credential, _))) => credential,
     };
     match credential {
@@ -110,13 +147,13 @@ where
             match check_api_key(policy, runtime.fetched, key, prefix_account, runtime.now_ns / NANOS) {
                 Ok(key) => {
                     let plan = key.plan.or(policy.default_plan);
-                    let decision = admit(policy, route, identity_of(key), plan, || key.caller, runtime);
-                    Decision { key_id: Some(key.id.as_str()), route: route_index, ..decision }
+                    let decision = admit(policy, on, identity_of(key), plan, || key.caller, runtime);
+                    Decision { key_id: Some(key.id.as_str()), ..decision }
                 }
-                Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..deny(denial) },
+                Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..on.deny(denial) },
             }
         }
-        Credential::Publishable => deny(Denial::with_message(
+        Credential::Publishable => on.deny(Denial::with_message(
             Code::InvalidApiKey,
             "Publishable keys identify an account; they cannot authenticate a request.",
         )),
@@ -131,11 +168,11 @@ where
                     account: account.map(Cow::Owned),
                     subject: Cow::Owned(verified.subject.clone()),
                     scopes: Cow::Owned(verified.scopes.clone()),
-                    method: CredentialKind::Jwt,
+                    kind: CredentialKind::Jwt,
                 };
-                Decision { route: route_index, ..admit(policy, route, identity, policy.jwt_plan, caller, runtime) }
+                admit(policy, on, identity, policy.jwt_plan, caller, runtime)
             }
-            Err(denial) => deny(denial),
+            Err((denial, detail)) => Decision { detail: detail.map(Detail::Token), ..on.deny(denial) },
         },
     }
 }
@@ -144,56 +181,58 @@ fn policy_issuer<'p>(policy: &'p Policy, token: &VerifiedToken) -> &'p str {
     policy.jwt_providers.get(token.provider).map_or("", |p| p.issuer.as_str())
 }
 
+/// A verified token and the account it acts for; or the denial and, for a
+/// refused token, why.
+type JwtResult = Result<(Rc<VerifiedToken>, Option<String>), (Denial, Option<TokenError>)>;
+
 /// Rows 3, 4, 9, 10 and 11 for a JWT: the account header, the token, and
 /// whether the token grants that account. Returns the token and the account.
-fn check_jwt<N, V>(
-    policy: &Policy,
-    headers: &[(N, V)],
-    token: &str,
-    runtime: &Runtime<'_, '_>,
-) -> Result<(Rc<VerifiedToken>, Option<String>), Denial>
+fn check_jwt<N, V>(policy: &Policy, headers: &[(N, V)], token: &str, runtime: &Runtime<'_, '_>) -> JwtResult
 where
     N: AsRef<str>,
     V: AsRef<[u8]>,
 {
-    let invalid = |_| Denial::from(Code::InvalidToken);
+    let refused = |error: TokenError| {
+        let code = if error == TokenError::Expired { Code::ExpiredToken } else { Code::InvalidToken };
+        (Denial::from(code), Some(error))
+    };
     let hash = TokenCache::hash(token);
     let now_s = runtime.now_ns / NANOS;
     let cached = runtime.tokens.borrow().get(&hash);
     let index = match &cached {
         Some(verified) => verified.provider,
-        None => jwt::provider_for(&policy.jwt_providers, token).map_err(invalid)?,
+        None => jwt::provider_for(&policy.jwt_providers, token).map_err(refused)?,
     };
-    let provider = policy.jwt_providers.get(index).ok_or(Denial::from(Code::InvalidToken))?;
+    let provider = policy.jwt_providers.get(index).ok_or((Denial::from(Code::InvalidToken), None))?;
     let account = match &provider.account_header {
         None => None,
-        Some(name) => Some(account_header(policy, headers, name)?),
+        Some(name) => Some(account_header(policy, headers, name).map_err(|denial| (denial, None))?),
     };
     let verified = match cached {
         Some(verified) if now_s.saturating_sub(provider.clock_skew_s) <= verified.expires_at => verified,
         Some(_) => {
             runtime.tokens.borrow_mut().remove(&hash);
-            return Err(Code::ExpiredToken.into());
+            return Err(refused(TokenError::Expired));
         }
         None => {
             // Row 16: a JWKS source that never loaded, and no inline keys.
             let fetched = match runtime.fetched.jwks(index) {
                 Ok(keys) => keys,
-                Err(_) if provider.keys.is_empty() => return Err(Code::AuthUnavailable.into()),
+                Err(_) if provider.keys.is_empty() => return Err((Code::AuthUnavailable.into(), None)),
                 Err(_) => &[],
             };
             let keys: Vec<_> = provider.keys.iter().chain(fetched).collect();
             let verified = match jwt::verify(&policy.jwt_providers, index, &keys, runtime.signatures, token, now_s) {
                 Ok(verified) => Rc::new(verified),
-                Err(TokenError::Expired) => return Err(Code::ExpiredToken.into()),
-                Err(TokenError::UnknownKid) => {
-                    // Keys rotate: a fresh JWKS may know this kid (rate-limited).
-                    if let Some(id) = runtime.fetched.jwks_source_id(index) {
-                        SharedSource::new(runtime.store, id).request_early(runtime.now_ns);
+                Err(error) => {
+                    if error == TokenError::UnknownKid {
+                        // Keys rotate: a fresh JWKS may know this kid (rate-limited).
+                        if let Some(feed) = runtime.fetched.jwks_feed(index) {
+                            feed.shared(runtime.store).request_early(runtime.now_ns);
+                        }
                     }
-                    return Err(Code::InvalidToken.into());
+                    return Err(refused(error));
                 }
-                Err(TokenError::Invalid(_)) => return Err(Code::InvalidToken.into()),
             };
             runtime.tokens.borrow_mut().insert(hash, Rc::clone(&verified));
             verified
@@ -202,7 +241,7 @@ where
     if let Some(account) = &account {
         let granted = verified.accounts.as_ref().is_some_and(|accounts| accounts.contains(account));
         if !granted {
-            return Err(Code::AccountMismatch.into());
+            return Err((Code::AccountMismatch.into(), None));
         }
     }
     Ok((verified, account))
@@ -270,16 +309,16 @@ const NANOS: u64 = 1_000_000_000;
 /// its `plan`, which belong to `caller`.
 fn admit<'p>(
     policy: &'p Policy,
-    route: &Route,
+    on: Matched<'p>,
     identity: Identity<'p>,
     plan: Option<PlanId>,
     caller: impl FnOnce() -> CallerId,
     runtime: &Runtime<'_, '_>,
 ) -> Decision<'p> {
-    let verdict = authorize(policy, route, identity);
+    let verdict = authorize(policy, on.route, identity);
     let plan = plan.and_then(|id| policy.plans.get(id));
     let (Verdict::Allow(_), Some(plan)) = (&verdict, plan) else {
-        return Decision::new(None, verdict);
+        return on.decide(verdict);
     };
     let result = rate_limit::charge(runtime.store, plan, caller(), runtime.now_ns);
     let verdict = match result.charge {
@@ -289,7 +328,7 @@ fn admit<'p>(
         // contended to update, is refused rather than waved through.
         Charge::TableFull | Charge::Contended => Verdict::Deny(Denial::rate_limited(1)),
     };
-    Decision { rate: Some(result), ..Decision::new(None, verdict) }
+    Decision { rate: Some(result), ..on.decide(verdict) }
 }
 
 fn identity_of(key: &ApiKey) -> Identity<'_> {
@@ -298,7 +337,7 @@ fn identity_of(key: &ApiKey) -> Identity<'_> {
         account: Some(Cow::Borrowed(&key.account)),
         subject: Cow::Borrowed(&key.id),
         scopes: Cow::Borrowed(&key.scopes_header),
-        method: CredentialKind::ApiKey,
+        kind: CredentialKind::ApiKey,
     }
 }
 
@@ -307,7 +346,7 @@ fn authorize<'p>(policy: &Policy, route: &Route, identity: Identity<'p>) -> Verd
     if !route.allow_reserved && identity.account.as_deref().is_some_and(|a| policy.accounts.is_reserved(a)) {
         return Verdict::Deny(Code::AccountForbidden.into());
     }
-    if !route.allows(identity.method) {
+    if !route.allows(identity.kind) {
         return Verdict::Deny(Code::CredentialNotAllowed.into());
     }
     let has = |scope: &String| identity.scopes.split(' ').any(|s| s == scope);
@@ -321,20 +360,20 @@ fn authorize<'p>(policy: &Policy, route: &Route, identity: Identity<'p>) -> Verd
 mod tests {
     use super::*;
     use crate::api_key::KeyHasher;
-    use crate::config::{parse, Environment};
+    use crate::config::Environment;
     use crate::jwt::NoSignatureHost;
     use crate::store::MemoryStore;
+    use crate::testing::EveryVar;
+
+    fn parse(json: &[u8], env: &dyn Environment) -> Result<Policy, crate::config::ConfigError> {
+        Policy::from_json(json, env)
+    }
 
     fn runtime<'a>(now_ns: u64, store: &'a MemoryStore, tokens: &'a RefCell<TokenCache>) -> Runtime<'a, 'static> {
         Runtime { now_ns, store, tokens, fetched: Box::leak(Box::new(Fetched::empty())), signatures: &NoSignatureHost }
     }
 
-    struct Pepper;
-    impl Environment for Pepper {
-        fn var(&self, _: &str) -> Option<String> {
-            Some("pepper".into())
-        }
-    }
+    const PEPPER: EveryVar = EveryVar("pepper");
 
     const NOW: u64 = 1_800_000_000 * NANOS;
 
@@ -369,7 +408,7 @@ mod tests {
             hash("sk_live_acme_gone"),
             hash("sk_live_kataven-admin_root")
         );
-        parse(json.as_bytes(), &Pepper).unwrap()
+        parse(json.as_bytes(), &PEPPER).unwrap()
     }
 
     fn run<'p>(policy: &'p Policy, path: &str, headers: &[(&str, &str)]) -> Decision<'p> {
@@ -408,7 +447,7 @@ mod tests {
                     account: Some("acme".into()),
                     subject: "k_acme".into(),
                     scopes: "agents:read".into(),
-                    method: CredentialKind::ApiKey
+                    kind: CredentialKind::ApiKey
                 }))
             );
         }
@@ -500,7 +539,7 @@ mod tests {
             hash("gold-key"),
             hash("free-key")
         );
-        parse(json.as_bytes(), &Pepper).unwrap()
+        parse(json.as_bytes(), &PEPPER).unwrap()
     }
 
     #[test]

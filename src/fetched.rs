@@ -2,14 +2,14 @@
 //! JWKS, re-parsed only when the shared generation changes.
 
 use crate::api_key::{KeySet, RecordRules};
-use crate::config::{ConfigError, JwkSetDoc, KeyRecordDoc, Policy, Source};
+use crate::config::{ConfigError, JwkSetDoc, KeyRecordDoc};
 use crate::jwt::{compile_jwks, VerifyKey};
-use crate::source::SharedSource;
+use crate::policy::Policy;
+use crate::remote::{Endpoint, Outcome, SharedDocument, MAX_BODY};
 use crate::store::SharedStore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use std::rc::Rc;
-use std::time::Duration;
 
 /// What a key server answers.
 #[derive(Debug, Deserialize)]
@@ -36,37 +36,40 @@ pub enum Kind {
     Jwks(usize),
 }
 
-/// A source of the policy, named in shared data by what it fetches from, so
-/// a policy pointing elsewhere never reads another URL's document.
+/// A document the policy fetches, named in shared data by where it comes
+/// from, so a policy pointing elsewhere never reads another URL's document.
 #[derive(Debug, Clone)]
-pub struct SourceSpec {
+pub struct Feed {
     pub id: String,
     pub kind: Kind,
-    pub cluster: String,
-    pub path: String,
-    pub refresh: Duration,
+    pub endpoint: Endpoint,
 }
 
-impl SourceSpec {
-    fn new(kind: Kind, source: &Source) -> Self {
-        let digest = Sha256::digest(format!("{}\0{}", source.cluster, source.path));
+impl Feed {
+    fn new(kind: Kind, endpoint: &Endpoint) -> Self {
+        let digest = Sha256::digest(format!("{}\0{}", endpoint.cluster, endpoint.path));
         let tag: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
         let id = match kind {
             Kind::Keys => format!("keys/{tag}"),
             Kind::Jwks(n) => format!("jwks{n}/{tag}"),
         };
-        Self { id, kind, cluster: source.cluster.clone(), path: source.path.clone(), refresh: source.refresh }
+        Self { id, kind, endpoint: endpoint.clone() }
+    }
+
+    /// This feed's document in shared data.
+    pub fn shared<'a>(&self, store: &'a dyn SharedStore) -> SharedDocument<'a> {
+        SharedDocument::new(store, &self.id)
     }
 }
 
-/// Every source a policy fetches from.
-pub fn sources(policy: &Policy) -> Vec<SourceSpec> {
-    let keys = policy.api_keys.as_ref().and_then(|k| k.source.as_ref()).map(|s| SourceSpec::new(Kind::Keys, s));
+/// Every document a policy fetches.
+pub fn feeds(policy: &Policy) -> Vec<Feed> {
+    let keys = policy.api_keys.as_ref().and_then(|k| k.source.as_ref()).map(|e| Feed::new(Kind::Keys, e));
     let jwks = policy
         .jwt_providers
         .iter()
         .enumerate()
-        .filter_map(|(n, p)| p.jwks_source.as_ref().map(|s| SourceSpec::new(Kind::Jwks(n), s)));
+        .filter_map(|(n, p)| p.jwks_source.as_ref().map(|e| Feed::new(Kind::Jwks(n), e)));
     keys.into_iter().chain(jwks).collect()
 }
 
@@ -93,9 +96,48 @@ pub fn parse(policy: &Policy, kind: Kind, body: &[u8]) -> Result<Document, Confi
     }
 }
 
-/// One source as a worker last saw it.
+/// A fetch's answer, judged: only a valid document may be published.
+pub struct Assessed {
+    pub outcome: Outcome,
+    /// Keys in a valid key set, for the size gauge.
+    pub keys: Option<usize>,
+}
+
+/// Judges what `feed`'s server answered (`status` is `none` when the call
+/// itself failed), logging why an answer is not used.
+pub fn assess(policy: &Policy, feed: &Feed, status: &str, body: Option<Vec<u8>>, etag: Option<String>) -> Assessed {
+    let failed = Assessed { outcome: Outcome::Failed, keys: None };
+    match (status, body) {
+        ("304", _) => Assessed { outcome: Outcome::Unchanged, keys: None },
+        ("200", Some(body)) if body.len() <= MAX_BODY => match parse(policy, feed.kind, &body) {
+            Ok(document) => {
+                let keys = match &document {
+                    Document::Keys(keys, version) => {
+                        log::info!("edge-auth: source {}: key set version {version:?}, {} keys", feed.id, keys.len());
+                        Some(keys.len())
+                    }
+                    Document::Jwks(keys) => {
+                        log::info!("edge-auth: source {}: JWKS with {} keys", feed.id, keys.len());
+                        None
+                    }
+                };
+                Assessed { outcome: Outcome::Fresh { body, etag }, keys }
+            }
+            Err(err) => {
+                log::warn!("edge-auth: source {}: invalid answer, keeping the last good one: {err}", feed.id);
+                failed
+            }
+        },
+        (status, _) => {
+            log::warn!("edge-auth: source {}: HTTP {status}, keeping the last good answer", feed.id);
+            failed
+        }
+    }
+}
+
+/// One feed as a worker last saw it.
 struct Loaded {
-    spec: SourceSpec,
+    feed: Feed,
     generation: u64,
     document: Option<Rc<Document>>,
 }
@@ -111,10 +153,9 @@ impl Fetched {
         Self { loaded: Vec::new() }
     }
 
-    pub fn new(policy: &Policy) -> Self {
-        Self {
-            loaded: sources(policy).into_iter().map(|spec| Loaded { spec, generation: 0, document: None }).collect(),
-        }
+    /// Nothing loaded yet from `feeds`.
+    pub fn new(feeds: &[Feed]) -> Self {
+        Self { loaded: feeds.iter().map(|feed| Loaded { feed: feed.clone(), generation: 0, document: None }).collect() }
     }
 
     /// Re-reads what changed in shared data; a body that fails to parse here
@@ -124,10 +165,10 @@ impl Fetched {
     pub fn sync(&mut self, policy: &Policy, store: &dyn SharedStore) -> bool {
         let mut jwks_changed = false;
         for loaded in &mut self.loaded {
-            let shared = SharedSource::new(store, &loaded.spec.id);
+            let shared = loaded.feed.shared(store);
             if let Some((generation, body)) = shared.newer_than(loaded.generation) {
                 loaded.generation = generation;
-                if let Ok(document) = parse(policy, loaded.spec.kind, &body) {
+                if let Ok(document) = parse(policy, loaded.feed.kind, &body) {
                     jwks_changed |= matches!(document, Document::Jwks(_));
                     loaded.document = Some(Rc::new(document));
                 }
@@ -137,7 +178,7 @@ impl Fetched {
     }
 
     fn find(&self, kind: Kind) -> Option<&Loaded> {
-        self.loaded.iter().find(|l| l.spec.kind == kind)
+        self.loaded.iter().find(|l| l.feed.kind == kind)
     }
 
     /// The fetched key set: `Err` if a source is configured and never loaded.
@@ -164,9 +205,9 @@ impl Fetched {
         }
     }
 
-    /// The shared-data id of provider `n`'s JWKS source, if it has one.
-    pub fn jwks_source_id(&self, n: usize) -> Option<&str> {
-        self.find(Kind::Jwks(n)).map(|l| l.spec.id.as_str())
+    /// Provider `n`'s JWKS feed, if it has one.
+    pub fn jwks_feed(&self, n: usize) -> Option<&Feed> {
+        self.find(Kind::Jwks(n)).map(|l| &l.feed)
     }
 }
 

@@ -2,12 +2,14 @@
 //! replays their corpus (`tests/fuzz_corpus.rs`). Each must never panic on any
 //! input; the asserts are invariants, so a violation is a finding.
 
-use crate::config::{self, Environment, Policy};
+use crate::config;
 use crate::credential::{self, Credential, Malformed, Prefixes, AUTHORIZATION, X_API_KEY};
 use crate::decision::{decide, Request, Runtime, Verdict};
 use crate::fetched::{self, Fetched, Kind};
 use crate::jwt::{self, NoSignatureHost, TokenCache, VerifyKey};
+use crate::policy::Policy;
 use crate::store::MemoryStore;
+use crate::testing::EveryVar;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
@@ -15,13 +17,7 @@ use sha2::Sha256;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
-struct FuzzEnv;
-
-impl Environment for FuzzEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        Some("fuzz-pepper".into())
-    }
-}
+const FUZZ_ENV: EveryVar = EveryVar("fuzz-pepper");
 
 const HS_SECRET: &[u8] = b"fuzzing-hs256-secret-0123456789abcdef";
 
@@ -45,7 +41,7 @@ fn policy() -> &'static Policy {
                 .unwrap_or_default(),
             URL_SAFE_NO_PAD.encode(HS_SECRET)
         );
-        config::parse(json.as_bytes(), &FuzzEnv).unwrap_or_else(|e| unreachable!("fuzz policy: {e}"))
+        Policy::from_json(json.as_bytes(), &FUZZ_ENV).unwrap_or_else(|e| unreachable!("fuzz policy: {e}"))
     })
 }
 
@@ -137,7 +133,7 @@ pub fn jwt(data: &[u8]) {
 
 /// Policy documents, as Envoy hands them to the filter.
 pub fn policy_document(data: &[u8]) {
-    let _ = config::parse(data, &FuzzEnv);
+    let _ = Policy::from_json(data, &FUZZ_ENV);
     let _ = config::parse_doc(data);
 }
 

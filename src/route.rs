@@ -1,5 +1,7 @@
 //! Route rules, matched in order on the normalised path and the method.
 
+use crate::config::{AuthDoc, ConfigError, RouteDoc};
+use crate::text::{is_header_safe, is_scope};
 use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,67 @@ pub static DEFAULT_ROUTE: Route = Route {
 };
 
 impl Route {
+    /// Compiles `routes[i]`; `at` names it in errors.
+    pub fn compile(doc: &RouteDoc, at: &str) -> Result<Self, ConfigError> {
+        let path = match (&doc.prefix, &doc.path) {
+            (Some(p), None) => PathMatch::Prefix(p.clone()),
+            (None, Some(p)) => PathMatch::Exact(p.clone()),
+            _ => return Err(ConfigError::new(at, "needs exactly one of prefix and path")),
+        };
+        let (PathMatch::Prefix(text) | PathMatch::Exact(text)) = &path;
+        if !text.starts_with('/') || text.contains(['?', '#']) || !is_header_safe(text) {
+            let field = if doc.prefix.is_some() { "prefix" } else { "path" };
+            return Err(ConfigError::new(format!("{at}.{field}"), "an absolute path without query or fragment"));
+        }
+        for (i, method) in doc.methods.iter().enumerate() {
+            if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(ConfigError::new(format!("{at}.methods[{i}]"), "an upper-case HTTP method"));
+            }
+        }
+        let credentials = doc
+            .credentials
+            .as_ref()
+            .map(|kinds| {
+                if kinds.is_empty() {
+                    return Err(ConfigError::new(format!("{at}.credentials"), "empty: no credential could pass"));
+                }
+                kinds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        CredentialKind::parse(k).ok_or_else(|| {
+                            ConfigError::new(format!("{at}.credentials[{i}]"), format!("'{k}' is not api_key or jwt"))
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        for (i, scope) in doc.scopes.iter().enumerate() {
+            if !is_scope(scope) {
+                return Err(ConfigError::new(format!("{at}.scopes[{i}]"), "a scope is visible ASCII without spaces"));
+            }
+        }
+        let auth = match doc.auth {
+            AuthDoc::Required => Auth::Required,
+            AuthDoc::Optional => Auth::Optional,
+            AuthDoc::None => Auth::None,
+        };
+        if auth == Auth::None && (credentials.is_some() || !doc.scopes.is_empty() || doc.allow_reserved) {
+            return Err(ConfigError::new(
+                format!("{at}.auth"),
+                "\"none\" never inspects credentials, so credentials, scopes and allow_reserved would be ignored",
+            ));
+        }
+        Ok(Self {
+            path,
+            methods: doc.methods.clone(),
+            auth,
+            credentials,
+            scopes: doc.scopes.clone(),
+            allow_reserved: doc.allow_reserved,
+        })
+    }
+
     fn matches(&self, path: &str, method: &str) -> bool {
         let path_ok = match &self.path {
             PathMatch::Exact(p) => path == p,

@@ -6,6 +6,7 @@ mod keygen;
 use edge_auth::account::AccountRules;
 use edge_auth::api_key::KeyHasher;
 use edge_auth::config::{self, Environment, DEFAULT_ACCOUNT_PATTERN, DEFAULT_PEPPER_ENV};
+use edge_auth::policy::Policy;
 use keygen::{mint, KeySpec};
 use std::io::Read;
 use std::process::ExitCode;
@@ -149,7 +150,7 @@ impl Environment for CheckEnv {
 
 fn policy_check(file: &str) -> Result<(), Failure> {
     let json = std::fs::read(file).map_err(|e| Failure::Failed(format!("{file}: {e}")))?;
-    let policy = config::parse(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("config: {e}")))?;
+    let policy = Policy::from_json(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("config: {e}")))?;
     let keys = policy.api_keys.as_ref().map_or(0, |k| k.inline.len());
     println!(
         "{file}: ok ({:?} mode, {keys} keys, {} JWT providers, {} routes)",
@@ -164,7 +165,7 @@ fn policy_diff(old: &str, new: &str) -> Result<(), Failure> {
     let read = |file: &str| -> Result<config::PolicyDoc, Failure> {
         let json = std::fs::read(file).map_err(|e| Failure::Failed(format!("{file}: {e}")))?;
         // The same checks as `policy check`: a diff of a broken policy is no review.
-        config::parse(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("{file}: config: {e}")))?;
+        Policy::from_json(&json, &CheckEnv).map_err(|e| Failure::Failed(format!("{file}: config: {e}")))?;
         config::parse_doc(&json).map_err(|e| Failure::Failed(format!("{file}: config: {e}")))
     };
     let changes = diff::diff(&read(old)?, &read(new)?);

@@ -1,13 +1,12 @@
-//! Policy configuration: parse (serde), then compile (validate and precompute).
+//! The policy document as data: its serde schema, the configuration error
+//! every compile step reports, and the environment secrets come from.
 //!
-//! The filter and `edge-auth policy check` both call [`parse`], so they accept
-//! and refuse exactly the same documents with exactly the same messages.
+//! This module imports nothing else from the crate; each domain compiles its
+//! own part of the document and [`crate::policy`] assembles them.
 
-mod compile;
 mod schema;
 
-pub use compile::{ApiKeys, Policy, Source, SHADOW_HEADER};
-pub use schema::{BucketDoc, JwkSetDoc, KeyRecordDoc, Mode, PolicyDoc, DEFAULT_ACCOUNT_PATTERN, DEFAULT_PEPPER_ENV};
+pub use schema::*;
 
 use std::fmt;
 
@@ -46,13 +45,8 @@ impl Environment for ProcessEnv {
     }
 }
 
-/// Parses and compiles a policy document.
-pub fn parse(json: &[u8], env: &dyn Environment) -> Result<Policy, ConfigError> {
-    let doc = parse_doc(json)?;
-    Policy::compile(&doc, env)
-}
-
-/// The serde step alone, with errors naming the field path.
+/// Reads a policy document (the serde step alone), with errors naming the
+/// field path.
 pub fn parse_doc(json: &[u8]) -> Result<PolicyDoc, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let doc: PolicyDoc = serde_path_to_error::deserialize(&mut de).map_err(|err| {

@@ -25,7 +25,7 @@ pub struct PolicyDoc {
     #[serde(default = "default_reserved_accounts")]
     pub reserved_accounts: Vec<String>,
     #[serde(default)]
-    pub identity_headers: IdentityHeaders,
+    pub identity_headers: IdentityHeadersDoc,
     #[serde(default)]
     pub strip_credentials: bool,
     pub api_keys: Option<ApiKeysDoc>,
@@ -48,7 +48,7 @@ fn default_reserved_accounts() -> Vec<String> {
 /// Header names the filter owns: stripped from every request, then set.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct IdentityHeaders {
+pub struct IdentityHeadersDoc {
     pub org: String,
     pub account: String,
     pub key_id: String,
@@ -57,7 +57,7 @@ pub struct IdentityHeaders {
     pub method: String,
 }
 
-impl Default for IdentityHeaders {
+impl Default for IdentityHeadersDoc {
     fn default() -> Self {
         Self {
             org: "x-org-id".to_owned(),

@@ -1,6 +1,7 @@
 //! JWT providers: configuration and key material.
 
 mod cache;
+mod compile;
 pub mod host_wire;
 mod jwks;
 mod verify;
@@ -9,6 +10,7 @@ mod verify;
 mod tests;
 
 pub use cache::TokenCache;
+pub use compile::compile_providers;
 pub use jwks::{compile_jwks, Jwk, KeyMaterial};
 pub use verify::{provider_for, verify, TokenError, VerifiedToken};
 
@@ -56,7 +58,7 @@ pub struct Provider {
     pub audiences: Vec<String>,
     pub algorithms: Vec<Algorithm>,
     pub keys: Vec<VerifyKey>,
-    pub jwks_source: Option<crate::config::Source>,
+    pub jwks_source: Option<crate::remote::Endpoint>,
     pub org_claim: String,
     pub accounts_claim: String,
     pub scopes_claim: String,

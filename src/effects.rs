@@ -1,17 +1,19 @@
 //! What the filter does with a decision, given the policy's mode.
 //!
-//! The glue executes an [`Action`] after it has removed every header the
-//! filter owns (identity headers and the shadow verdict) that the request
-//! carries: [`spoofed`] names them.
+//! A host applies [`Effects`] after it has removed every header the filter
+//! owns (identity headers and the shadow verdict) that the request carries:
+//! [`spoofed`] names them.
 
-use crate::config::{Mode, Policy, SHADOW_HEADER};
+use crate::config::Mode;
 use crate::credential::{AUTHORIZATION, X_API_KEY};
 use crate::decision::{Decision, Identity, Verdict};
 use crate::denial::{Denial, Reply};
+use crate::headers::SHADOW_HEADER;
+use crate::policy::Policy;
 use crate::rate_limit::Quota;
 
 #[derive(Debug, PartialEq, Eq)]
-pub enum Action<'p> {
+pub enum Effects<'p> {
     /// Send the request upstream with these headers set (replacing any value).
     Forward {
         set: Vec<(&'p str, String)>,
@@ -26,18 +28,19 @@ pub enum Action<'p> {
 
 const CREDENTIAL_HEADERS: &[&str] = &[AUTHORIZATION, X_API_KEY];
 
-pub fn act<'p>(policy: &'p Policy, decision: &Decision<'p>) -> Action<'p> {
+/// The effects of `decision` under the policy's mode.
+pub fn of<'p>(policy: &'p Policy, decision: &Decision<'_>) -> Effects<'p> {
     let quota = decision.quota().map(quota_headers).unwrap_or_default();
     match (&decision.verdict, policy.mode) {
         (Verdict::Allow(identity), _) => forward(policy, identity.as_ref(), quota),
         (Verdict::Deny(denial), Mode::Enforce) => {
             let mut reply = denial.reply();
             reply.headers.extend(quota);
-            Action::Reply(reply)
+            Effects::Reply(reply)
         }
         // Shadow: forward as anonymous, with the would-be verdict for upstream to see.
         (Verdict::Deny(denial), Mode::Shadow) => {
-            Action::Forward { set: vec![(SHADOW_HEADER, shadow_verdict(denial))], remove: &[], response: quota }
+            Effects::Forward { set: vec![(SHADOW_HEADER, shadow_verdict(denial))], remove: &[], response: quota }
         }
     }
 }
@@ -45,8 +48,8 @@ pub fn act<'p>(policy: &'p Policy, decision: &Decision<'p>) -> Action<'p> {
 /// The filter-owned headers this request carries. A client may not send
 /// them, so they are removed; most requests carry none, and naming only the
 /// present ones spares a host call per owned header on every request.
-pub fn spoofed<'a, N: AsRef<str>, V>(policy: &'a Policy, headers: &'a [(N, V)]) -> impl Iterator<Item = &'a str> {
-    policy.identity_headers.owned().into_iter().filter(|owned| carries(headers, owned))
+pub fn spoofed<'p, N: AsRef<str>, V>(policy: &'p Policy, headers: &[(N, V)]) -> Vec<&'p str> {
+    policy.identity_headers.owned().into_iter().filter(|owned| carries(headers, owned)).collect()
 }
 
 /// Whether the request has a header of this name (names are case-insensitive).
@@ -68,11 +71,11 @@ fn shadow_verdict(denial: &Denial) -> String {
 
 fn forward<'p>(
     policy: &'p Policy,
-    identity: Option<&Identity<'p>>,
+    identity: Option<&Identity<'_>>,
     response: Vec<(&'static str, String)>,
-) -> Action<'p> {
+) -> Effects<'p> {
     let Some(identity) = identity else {
-        return Action::Forward { set: Vec::new(), remove: &[], response };
+        return Effects::Forward { set: Vec::new(), remove: &[], response };
     };
     let names = &policy.identity_headers;
     // Absent or empty parts are not set: the client's copies are already
@@ -82,7 +85,7 @@ fn forward<'p>(
         (&names.account, identity.account.as_deref()),
         (&names.key_id, Some(&*identity.subject)),
         (&names.subject, Some(&*identity.subject)),
-        (&names.method, Some(identity.method.as_str())),
+        (&names.method, Some(identity.kind.as_str())),
         (&names.scopes, Some(&*identity.scopes)),
     ];
     let set = parts
@@ -90,27 +93,20 @@ fn forward<'p>(
         .filter_map(|(name, value)| value.filter(|v| !v.is_empty()).map(|v| (name.as_str(), v.to_owned())))
         .collect();
     let remove = if policy.strip_credentials { CREDENTIAL_HEADERS } else { &[] };
-    Action::Forward { set, remove, response }
+    Effects::Forward { set, remove, response }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{parse, Environment};
     use crate::denial::Code;
     use crate::rate_limit::{Charge, ChargeResult};
     use crate::route::CredentialKind;
+    use crate::testing::EveryVar;
     use std::borrow::Cow;
 
-    struct Pepper;
-    impl Environment for Pepper {
-        fn var(&self, _: &str) -> Option<String> {
-            Some("pepper".into())
-        }
-    }
-
     fn policy(extra: &str) -> Policy {
-        parse(format!(r#"{{"api_keys":{{}}{extra}}}"#).as_bytes(), &Pepper).unwrap()
+        Policy::from_json(format!(r#"{{"api_keys":{{}}{extra}}}"#).as_bytes(), &EveryVar("pepper")).unwrap()
     }
 
     const IDENTITY: Identity<'static> = Identity {
@@ -118,21 +114,21 @@ mod tests {
         account: Some(Cow::Borrowed("a")),
         subject: Cow::Borrowed("k1"),
         scopes: Cow::Borrowed(""),
-        method: CredentialKind::ApiKey,
+        kind: CredentialKind::ApiKey,
     };
 
     fn allowed(identity: Option<Identity<'static>>) -> Decision<'static> {
-        Decision { route: None, verdict: Verdict::Allow(identity), key_id: None, malformed: None, rate: None }
+        Decision { route: None, verdict: Verdict::Allow(identity), key_id: None, detail: None, rate: None }
     }
 
     fn denied(code: Code) -> Decision<'static> {
-        Decision { route: None, verdict: Verdict::Deny(code.into()), key_id: None, malformed: None, rate: None }
+        Decision { route: None, verdict: Verdict::Deny(code.into()), key_id: None, detail: None, rate: None }
     }
 
     #[test]
     fn allowed_callers_get_identity_headers_and_empty_scopes_are_omitted() {
         let p = policy("");
-        let Action::Forward { set, remove, response } = act(&p, &allowed(Some(IDENTITY))) else { panic!() };
+        let Effects::Forward { set, remove, response } = of(&p, &allowed(Some(IDENTITY))) else { panic!() };
         assert!(response.is_empty());
         assert_eq!(
             set,
@@ -146,7 +142,7 @@ mod tests {
         );
         assert!(remove.is_empty());
         let scoped = Identity { scopes: Cow::Borrowed("a b"), ..IDENTITY };
-        let Action::Forward { set, .. } = act(&p, &allowed(Some(scoped))) else { panic!() };
+        let Effects::Forward { set, .. } = of(&p, &allowed(Some(scoped))) else { panic!() };
         assert!(set.contains(&("x-auth-scopes", "a b".to_owned())));
     }
 
@@ -155,28 +151,28 @@ mod tests {
         let p = policy(r#","identity_headers":{"org":"x-tenant"}"#);
         let headers =
             [("X-Tenant", "spoof"), ("x-edge-auth-shadow", "200 ok"), ("x-org-id", "default name, not owned")];
-        assert_eq!(spoofed(&p, &headers).collect::<Vec<_>>(), ["x-tenant", "x-edge-auth-shadow"]);
+        assert_eq!(spoofed(&p, &headers), ["x-tenant", "x-edge-auth-shadow"]);
         let clean: [(&str, &str); 1] = [("x-api-key", "k")];
-        assert_eq!(spoofed(&p, &clean).count(), 0);
+        assert!(spoofed(&p, &clean).is_empty());
     }
 
     #[test]
     fn strip_credentials_removes_both_credential_headers_on_success_only() {
         let p = policy(r#","strip_credentials":true"#);
-        let Action::Forward { remove, .. } = act(&p, &allowed(Some(IDENTITY))) else { panic!() };
+        let Effects::Forward { remove, .. } = of(&p, &allowed(Some(IDENTITY))) else { panic!() };
         assert_eq!(remove, ["authorization", "x-api-key"]);
-        let Action::Forward { remove, .. } = act(&p, &allowed(None)) else { panic!() };
+        let Effects::Forward { remove, .. } = of(&p, &allowed(None)) else { panic!() };
         assert!(remove.is_empty());
     }
 
     #[test]
     fn enforce_replies_and_shadow_forwards_the_verdict() {
-        let Action::Reply(reply) = act(&policy(""), &denied(Code::RevokedApiKey)) else { panic!() };
+        let Effects::Reply(reply) = of(&policy(""), &denied(Code::RevokedApiKey)) else { panic!() };
         assert_eq!(reply.status, 403);
         let shadow = policy(r#","mode":"shadow""#);
         assert_eq!(
-            act(&shadow, &denied(Code::RevokedApiKey)),
-            Action::Forward {
+            of(&shadow, &denied(Code::RevokedApiKey)),
+            Effects::Forward {
                 set: vec![("x-edge-auth-shadow", "403 revoked_api_key".into())],
                 remove: &[],
                 response: vec![]
@@ -193,7 +189,7 @@ mod tests {
             rate: Some(ChargeResult { charge: Charge::Limited { quota, retry_after_s: 2 }, conflicts: 0 }),
             ..denied(Code::RateLimited)
         };
-        let Action::Reply(reply) = act(&p, &limited) else { panic!() };
+        let Effects::Reply(reply) = of(&p, &limited) else { panic!() };
         assert_eq!(reply.status, 429);
         for header in [
             ("retry-after", "2"),
@@ -210,7 +206,7 @@ mod tests {
             rate: Some(ChargeResult { charge: Charge::Admitted(quota), conflicts: 0 }),
             ..allowed(Some(IDENTITY))
         };
-        let Action::Forward { response, .. } = act(&p, &admitted) else { panic!() };
+        let Effects::Forward { response, .. } = of(&p, &admitted) else { panic!() };
         assert_eq!(response[1], ("x-ratelimit-remaining", "19".to_owned()));
     }
 }

@@ -1,7 +1,7 @@
-//! Documents fetched from an Envoy cluster (key sets, JWKS), one fetch per
-//! Envoy process, shared by every worker through shared data.
+//! A fetched document in shared data: one fetch per Envoy process, shared by
+//! every worker.
 //!
-//! Each source has a small `meta` entry and a `body` entry. Workers tick;
+//! Each document has a small `meta` entry and a `body` entry. Workers tick;
 //! the one that wins a compare-and-swap on `meta` holds the fetch lease and
 //! sets the next fetch time, so one fetch per interval reaches the server
 //! however many workers there are. A good answer is written to `body` and
@@ -57,8 +57,8 @@ impl Meta {
     }
 }
 
-/// One fetched document in shared data, named by `id` (e.g. `keys`, `jwks/0`).
-pub struct SharedSource<'a> {
+/// One fetched document in shared data, named by `id` (e.g. `keys/<tag>`).
+pub struct SharedDocument<'a> {
     store: &'a dyn SharedStore,
     meta_key: String,
     body_key: String,
@@ -77,7 +77,7 @@ pub enum Outcome {
 
 const ATTEMPTS: u32 = 16;
 
-impl<'a> SharedSource<'a> {
+impl<'a> SharedDocument<'a> {
     pub fn new(store: &'a dyn SharedStore, id: &str) -> Self {
         Self { store, meta_key: format!("edge_auth/src/{id}/meta"), body_key: format!("edge_auth/src/{id}/body") }
     }
@@ -97,7 +97,7 @@ impl<'a> SharedSource<'a> {
     }
 
     /// Takes the fetch lease if a fetch is due and nobody holds it. The
-    /// winner must call [`SharedSource::finish`]. Returns the `ETag` to send.
+    /// winner must call [`SharedDocument::finish`]. Returns the `ETag` to send.
     pub fn try_lease(&self, holder: u64, now_ns: u64, refresh: Duration) -> Option<String> {
         self.update(|meta| {
             if now_ns < meta.next_fetch_ns || now_ns < meta.lease_until_ns {
@@ -183,7 +183,7 @@ mod tests {
     #[test]
     fn one_lease_per_interval_whoever_asks() {
         let store = MemoryStore::default();
-        let source = SharedSource::new(&store, "keys");
+        let source = SharedDocument::new(&store, "keys");
         assert_eq!(source.try_lease(1, T0, REFRESH), Some(String::new()));
         assert_eq!(source.try_lease(2, T0, REFRESH), None, "leased");
         source.finish(1, T0, REFRESH, Outcome::Fresh { body: b"v1".to_vec(), etag: Some("\"e1\"".into()) });
@@ -198,7 +198,7 @@ mod tests {
     #[test]
     fn workers_see_new_generations_and_failures_keep_the_last_body() {
         let store = MemoryStore::default();
-        let source = SharedSource::new(&store, "keys");
+        let source = SharedDocument::new(&store, "keys");
         assert_eq!(source.newer_than(0), None, "never loaded");
         source.try_lease(1, T0, REFRESH).unwrap();
         source.finish(1, T0, REFRESH, Outcome::Fresh { body: b"v1".to_vec(), etag: None });
@@ -216,7 +216,7 @@ mod tests {
     #[test]
     fn a_stuck_fetch_loses_its_lease() {
         let store = MemoryStore::default();
-        let source = SharedSource::new(&store, "jwks/0");
+        let source = SharedDocument::new(&store, "jwks/0");
         source.try_lease(1, T0, REFRESH).unwrap();
         assert_eq!(source.try_lease(2, T0 + 5 * S, REFRESH), None);
         assert!(source.try_lease(2, T0 + nanos(LEASE), REFRESH).is_some());
@@ -225,7 +225,7 @@ mod tests {
     #[test]
     fn early_refetch_is_rate_limited() {
         let store = MemoryStore::default();
-        let source = SharedSource::new(&store, "jwks/0");
+        let source = SharedDocument::new(&store, "jwks/0");
         source.try_lease(1, T0, Duration::from_secs(300)).unwrap();
         source.finish(1, T0, Duration::from_secs(300), Outcome::Fresh { body: b"{}".to_vec(), etag: None });
         assert!(source.request_early(T0 + S));

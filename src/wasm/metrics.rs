@@ -5,6 +5,7 @@
 use crate::denial::Code;
 use crate::fetched::Kind;
 use crate::rate_limit::{Charge, ChargeResult};
+use crate::worker::Stats;
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
@@ -50,18 +51,6 @@ impl Metrics {
         })
     }
 
-    pub fn allowed(&self) {
-        bump(self.allowed);
-    }
-
-    pub fn denied(&self, code: Code) {
-        bump_code(&self.denied, code);
-    }
-
-    pub fn shadow_denied(&self, code: Code) {
-        bump_code(&self.shadow_denied, code);
-    }
-
     /// A fetch of a key set or JWKS ended, well or not.
     pub fn refreshed(&self, kind: Kind, ok: bool) {
         bump(match (kind, ok) {
@@ -79,8 +68,18 @@ impl Metrics {
     pub fn key_set_generation(&self, generation: u64) {
         let _ = hostcalls::record_metric(self.keyset_generation, generation);
     }
+}
 
-    pub fn rate_limit(&self, result: &ChargeResult) {
+impl Stats for Metrics {
+    fn allowed(&self) {
+        bump(self.allowed);
+    }
+
+    fn denied(&self, code: Code, shadow: bool) {
+        bump_code(if shadow { &self.shadow_denied } else { &self.denied }, code);
+    }
+
+    fn rate_limit(&self, result: &ChargeResult) {
         if result.conflicts > 0 {
             let _ = hostcalls::increment_metric(self.cas_conflicts, i64::from(result.conflicts));
         }

@@ -1,0 +1,69 @@
+//! Header names the filter owns: the identity it injects for upstream and the
+//! shadow verdict. A client may never send them.
+
+use crate::config::{ConfigError, IdentityHeadersDoc};
+use crate::credential::{AUTHORIZATION, X_API_KEY};
+use std::collections::HashSet;
+
+/// Where shadow mode tells upstream the would-be verdict.
+pub const SHADOW_HEADER: &str = "x-edge-auth-shadow";
+
+/// The identity headers, compiled: lower-case token names, all distinct.
+#[derive(Debug, Clone)]
+pub struct IdentityHeaders {
+    pub org: String,
+    pub account: String,
+    pub key_id: String,
+    pub subject: String,
+    pub scopes: String,
+    pub method: String,
+}
+
+impl IdentityHeaders {
+    pub fn compile(doc: &IdentityHeadersDoc) -> Result<Self, ConfigError> {
+        let fields = [
+            ("org", &doc.org),
+            ("account", &doc.account),
+            ("key_id", &doc.key_id),
+            ("subject", &doc.subject),
+            ("scopes", &doc.scopes),
+            ("method", &doc.method),
+        ];
+        let mut seen = HashSet::new();
+        for (field, name) in fields {
+            let at = format!("identity_headers.{field}");
+            check_header_name(name, &at)?;
+            if name == SHADOW_HEADER || !seen.insert(name.as_str()) {
+                return Err(ConfigError::new(at, format!("'{name}' is already used")));
+            }
+        }
+        Ok(Self {
+            org: doc.org.clone(),
+            account: doc.account.clone(),
+            key_id: doc.key_id.clone(),
+            subject: doc.subject.clone(),
+            scopes: doc.scopes.clone(),
+            method: doc.method.clone(),
+        })
+    }
+
+    /// Every header a client may not send: the identity ones and the shadow verdict.
+    pub fn owned(&self) -> [&str; 7] {
+        [&self.org, &self.account, &self.key_id, &self.subject, &self.scopes, &self.method, SHADOW_HEADER]
+    }
+}
+
+/// A header name the filter may set or read as configured: lower-case token
+/// characters, not one Envoy or the credential grammar owns.
+pub fn check_header_name(name: &str, at: &str) -> Result<(), ConfigError> {
+    let token = !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !token {
+        return Err(ConfigError::new(at, "a header name is lower-case letters, digits and '-'"));
+    }
+    const RESERVED: [&str; 8] =
+        [AUTHORIZATION, X_API_KEY, "host", "content-length", "content-type", "transfer-encoding", "connection", "te"];
+    if RESERVED.contains(&name) {
+        return Err(ConfigError::new(at, format!("'{name}' cannot be an identity header")));
+    }
+    Ok(())
+}

@@ -1,10 +1,12 @@
 //! Finding the one credential of a request (the contract's credential grammar).
 //!
-//! Every value of `authorization` and `x-api-key` is read: two values, or a
-//! comma-joined one, are ambiguous, and ambiguity is refused rather than
-//! resolved, so a bad credential can never fall back to another one.
+//! Every value of `authorization` and `x-api-key` is read: two values, a
+//! comma-joined one, or a name spelled with `_`, are ambiguous, and ambiguity
+//! is refused rather than resolved, so a bad credential can never fall back
+//! to another one.
 
 use crate::config::ConfigError;
+use crate::text::same_header_name;
 use std::fmt;
 
 /// Longest accepted credential header value, in bytes (after trimming).
@@ -78,7 +80,7 @@ pub enum Malformed {
 impl fmt::Display for Malformed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Malformed::Ambiguous => "more than one credential",
+            Malformed::Ambiguous => "more than one credential, or a credential header spelled with _",
             Malformed::NotUtf8 => "not UTF-8",
             Malformed::Empty => "empty value",
             Malformed::TooLong => "value too long",
@@ -109,14 +111,16 @@ where
     let mut found: Option<(&'a [u8], Carrier)> = None;
     for (name, value) in headers {
         let name = name.as_ref();
-        let carrier = if name.eq_ignore_ascii_case(AUTHORIZATION) {
+        let carrier = if same_header_name(name, AUTHORIZATION) {
             Carrier::Authorization
-        } else if name.eq_ignore_ascii_case(X_API_KEY) {
+        } else if same_header_name(name, X_API_KEY) {
             Carrier::XApiKey
         } else {
             continue;
         };
-        if found.is_some() {
+        // `x_api_key` is `x-api-key` to some upstreams and another header to
+        // others: a credential nobody can name for sure is ambiguous.
+        if found.is_some() || name.contains('_') {
             return Err(Malformed::Ambiguous);
         }
         found = Some((value.as_ref(), carrier));
@@ -288,6 +292,10 @@ mod tests {
         ];
         for headers in cases {
             assert_eq!(parse(headers), Err(Malformed::Ambiguous), "{headers:?}");
+        }
+        // A credential header that only some upstreams read as one is ambiguous, even alone.
+        for name in ["x_api_key", "X_Api-Key", "x-api_key"] {
+            assert_eq!(parse(&[(name, b"k".as_slice())]), Err(Malformed::Ambiguous), "{name}");
         }
         // Even when one of them is empty or broken: no fallback.
         assert_eq!(parse(&[("x-api-key", b""), ("authorization", b"UserKey k")]), Err(Malformed::Ambiguous));

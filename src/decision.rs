@@ -14,6 +14,7 @@ use crate::policy::Policy;
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota};
 use crate::route::{self, Auth, CredentialKind, Route};
 use crate::store::SharedStore;
+use crate::text::same_header_name;
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
@@ -253,12 +254,13 @@ where
     N: AsRef<str>,
     V: AsRef<[u8]>,
 {
-    let mut values = headers.iter().filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name)).map(|(_, v)| v.as_ref());
+    let mut values = headers.iter().filter(|(n, _)| same_header_name(n.as_ref(), name));
     let value = match (values.next(), values.next()) {
-        (Some(value), None) => value,
+        (Some((spelled, value)), None) if !spelled.as_ref().contains('_') => value.as_ref(),
         (None, _) => return Err(Code::AccountHeaderRequired.into()),
-        // More than one: no single account to act for.
-        (Some(_), Some(_)) => return Err(Code::InvalidAccount.into()),
+        // More than one, or a spelling only some upstreams read as this
+        // header: no single account to act for.
+        _ => return Err(Code::InvalidAccount.into()),
     };
     let account = std::str::from_utf8(value).map(str::trim).map_err(|_| Denial::from(Code::InvalidAccount))?;
     if !policy.accounts.is_valid(account) {

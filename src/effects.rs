@@ -11,6 +11,7 @@ use crate::denial::{Denial, Reply};
 use crate::headers::SHADOW_HEADER;
 use crate::policy::Policy;
 use crate::rate_limit::Quota;
+use crate::text::same_header_name;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effects<'p> {
@@ -45,11 +46,20 @@ pub fn of<'p>(policy: &'p Policy, decision: &Decision<'_>) -> Effects<'p> {
     }
 }
 
-/// The filter-owned headers this request carries. A client may not send
-/// them, so they are removed; most requests carry none, and naming only the
-/// present ones spares a host call per owned header on every request.
-pub fn spoofed<'p, N: AsRef<str>, V>(policy: &'p Policy, headers: &[(N, V)]) -> Vec<&'p str> {
-    policy.identity_headers.owned().into_iter().filter(|owned| carries(headers, owned)).collect()
+/// The request's headers that the filter owns, by the names the request
+/// spells them with (any case, `_` for `-`). A client may not send them, so
+/// they are removed; most requests carry none, and naming only the present
+/// ones spares a host call per owned header on every request.
+pub fn spoofed<N: AsRef<str>, V>(policy: &Policy, headers: &[(N, V)]) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for (name, _) in headers {
+        let name = name.as_ref();
+        let owned = policy.identity_headers.owned().any(|owned| same_header_name(name, owned));
+        if owned && !found.iter().any(|f| f.eq_ignore_ascii_case(name)) {
+            found.push(name.to_owned());
+        }
+    }
+    found
 }
 
 /// Whether the request has a header of this name (names are case-insensitive).
@@ -149,9 +159,15 @@ mod tests {
     #[test]
     fn only_owned_headers_the_request_carries_are_named_for_removal() {
         let p = policy(r#","identity_headers":{"org":"x-tenant"}"#);
-        let headers =
-            [("X-Tenant", "spoof"), ("x-edge-auth-shadow", "200 ok"), ("x-org-id", "default name, not owned")];
-        assert_eq!(spoofed(&p, &headers), ["x-tenant", "x-edge-auth-shadow"]);
+        let headers = [
+            ("X-Tenant", "spoof"),
+            ("x-edge-auth-shadow", "200 ok"),
+            ("x-org-id", "default name, not owned"),
+            ("x_tenant", "the same name to CGI, WSGI, Rack and PHP"),
+            ("X-HTTP-Method-Override", "POST"),
+            ("x-tenant", "repeated"),
+        ];
+        assert_eq!(spoofed(&p, &headers), ["X-Tenant", "x-edge-auth-shadow", "x_tenant", "X-HTTP-Method-Override"]);
         let clean: [(&str, &str); 1] = [("x-api-key", "k")];
         assert!(spoofed(&p, &clean).is_empty());
     }

@@ -1,5 +1,6 @@
-//! Header names the filter owns: the identity it injects for upstream and the
-//! shadow verdict. A client may never send them.
+//! Header names the filter owns: the identity it injects for upstream, the
+//! shadow verdict, and the method overrides. A client may never send them, in
+//! any spelling an upstream reads as the same name.
 
 use crate::config::{ConfigError, IdentityHeadersDoc};
 use crate::credential::{AUTHORIZATION, X_API_KEY};
@@ -7,6 +8,10 @@ use std::collections::HashSet;
 
 /// Where shadow mode tells upstream the would-be verdict.
 pub const SHADOW_HEADER: &str = "x-edge-auth-shadow";
+
+/// Headers some frameworks take as the request's method: upstream must act
+/// on the method that was authorised.
+pub const METHOD_OVERRIDES: [&str; 3] = ["x-http-method-override", "x-http-method", "x-method-override"];
 
 /// The identity headers, compiled: lower-case token names, all distinct.
 #[derive(Debug, Clone)]
@@ -33,7 +38,8 @@ impl IdentityHeaders {
         for (field, name) in fields {
             let at = format!("identity_headers.{field}");
             check_header_name(name, &at)?;
-            if name == SHADOW_HEADER || !seen.insert(name.as_str()) {
+            let taken = name == SHADOW_HEADER || METHOD_OVERRIDES.contains(&name.as_str());
+            if taken || !seen.insert(name.as_str()) {
                 return Err(ConfigError::new(at, format!("'{name}' is already used")));
             }
         }
@@ -47,9 +53,14 @@ impl IdentityHeaders {
         })
     }
 
-    /// Every header a client may not send: the identity ones and the shadow verdict.
-    pub fn owned(&self) -> [&str; 7] {
-        [&self.org, &self.account, &self.key_id, &self.subject, &self.scopes, &self.method, SHADOW_HEADER]
+    /// Every header a client may not send: the identity ones, the shadow
+    /// verdict and the method overrides.
+    pub fn owned(&self) -> impl Iterator<Item = &str> {
+        [&self.org, &self.account, &self.key_id, &self.subject, &self.scopes, &self.method]
+            .into_iter()
+            .map(String::as_str)
+            .chain([SHADOW_HEADER])
+            .chain(METHOD_OVERRIDES)
     }
 }
 

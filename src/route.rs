@@ -132,12 +132,20 @@ impl Route {
                 None => false,
             },
         };
-        path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| m == method))
+        path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| covers(m, method)))
     }
 
     pub fn allows(&self, kind: CredentialKind) -> bool {
         self.credentials.as_ref().is_none_or(|kinds| kinds.contains(&kind))
     }
+}
+
+/// Whether a configured (upper-case) method covers the request's. Methods
+/// compare without case, since some upstreams upper-case them before
+/// routing; and GET covers HEAD, which most frameworks serve with the GET
+/// handler.
+fn covers(configured: &str, method: &str) -> bool {
+    configured.eq_ignore_ascii_case(method) || (configured == "GET" && method.eq_ignore_ascii_case("HEAD"))
 }
 
 /// The first route matching the request, as an index, or `None` for the default.
@@ -219,6 +227,15 @@ mod tests {
         assert!(r.matches("/health", "HEAD"));
         assert!(!r.matches("/health", "POST"));
         assert!(!r.matches("/health/x", "GET"));
+    }
+
+    #[test]
+    fn get_covers_head_and_methods_ignore_case() {
+        let r = route(PathMatch::Prefix("/v1".into()), &["GET"]);
+        assert!(r.matches("/v1/x", "HEAD") && r.matches("/v1/x", "head") && r.matches("/v1/x", "get"));
+        assert!(!r.matches("/v1/x", "POST"));
+        let post = route(PathMatch::Prefix("/v1".into()), &["POST"]);
+        assert!(post.matches("/v1/x", "post") && !post.matches("/v1/x", "HEAD"));
     }
 
     #[test]

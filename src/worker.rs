@@ -47,8 +47,9 @@ pub struct Worker {
 
 /// What the host does with a request.
 pub struct Handled<'w> {
-    /// Filter-owned headers the client sent: remove them first.
-    pub spoofed: Vec<&'w str>,
+    /// Filter-owned headers the client sent, as it spelled them: remove
+    /// them first.
+    pub spoofed: Vec<String>,
     pub effects: Effects<'w>,
 }
 

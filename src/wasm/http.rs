@@ -64,7 +64,7 @@ impl HttpContext for HttpFilter {
             context_id: self.context_id,
         };
         let handled = worker.handle(&request, &host);
-        for name in handled.spoofed {
+        for name in &handled.spoofed {
             self.set_http_request_header(name, None);
         }
         match handled.effects {

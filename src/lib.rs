@@ -6,7 +6,7 @@
 //! table ([`decision::decide`]) and says what to do ([`effects::Effects`]).
 //!
 //! Module layers, each importing only from those above it: `config` (the
-//! document), `store`, `text`, `account`, `denial`, `credential`, `headers`;
+//! document), `store`, `text`, `path`, `account`, `denial`, `credential`, `headers`;
 //! then `rate_limit`, `remote`, `route`, `api_key`, `jwt`; `policy`;
 //! `fetched`; `decision`; `effects`; `worker`; the host glue.
 
@@ -23,6 +23,7 @@ pub mod fetched;
 pub mod fuzzing;
 pub mod headers;
 pub mod jwt;
+pub mod path;
 pub mod policy;
 pub mod rate_limit;
 pub mod remote;

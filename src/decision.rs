@@ -10,6 +10,7 @@ use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
 use crate::fetched::Fetched;
 use crate::jwt::{self, SignatureHost, TokenCache, TokenError, VerifiedToken};
+use crate::path::{self, MalformedPath};
 use crate::policy::Policy;
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota};
 use crate::route::{self, Auth, CredentialKind, Route};
@@ -24,7 +25,7 @@ use std::rc::Rc;
 pub struct Request<'a, N, V> {
     /// The HTTP method (`:method`).
     pub method: &'a str,
-    /// `:path` as received; query and fragment are ignored.
+    /// `:path` as received; routes match its canonical form (see [`path`]).
     pub path: &'a str,
     /// Every request header, repeated names included.
     pub headers: &'a [(N, V)],
@@ -69,6 +70,7 @@ pub enum Verdict<'p> {
 /// never for clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Detail {
+    Path(MalformedPath),
     Malformed(Malformed),
     Token(TokenError),
 }
@@ -76,6 +78,7 @@ pub enum Detail {
 impl fmt::Display for Detail {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            Detail::Path(why) => why.fmt(f),
             Detail::Malformed(why) => why.fmt(f),
             Detail::Token(why) => write!(f, "{why:?}"),
         }
@@ -132,7 +135,15 @@ where
     N: AsRef<str>,
     V: AsRef<[u8]>,
 {
-    let (index, route) = route::find(&policy.routes, request.path, request.method);
+    // Row 0: routes hold for the path as upstream will read it, or not at all.
+    let found = path::canonical(request.path).and_then(|path| route::find(&policy.routes, &path, request.method));
+    let (index, route) = match found {
+        Ok(found) => found,
+        Err(why) => {
+            let denial = Verdict::Deny(Code::MalformedPath.into());
+            return Decision { detail: Some(Detail::Path(why)), ..Decision::new(None, denial) };
+        }
+    };
     let on = Matched { index, route };
     if route.auth == Auth::None {
         return on.decide(Verdict::Allow(None));
@@ -506,6 +517,11 @@ mod tests {
         assert_eq!(code(&p, "/maybe", &[("x-api-key", "bad")]), Some("invalid_api_key"));
         // A public prefix cannot be stretched into a protected path.
         assert_eq!(code(&p, "/public/../agents", &[]), Some("missing_authentication"));
+        assert_eq!(code(&p, "/public/%2e%2e/agents", &[]), Some("missing_authentication"));
+        // Row 0 comes first, even on a public route.
+        assert_eq!(code(&p, "/public/x%2fy", &[]), Some("malformed_path"));
+        assert_eq!(code(&p, "/public;x", &[("x-api-key", "a"), ("x-api-key", "b")]), Some("malformed_path"));
+        assert_eq!(code(&p, "/%61gents", &[("x-api-key", "opaque-key")]), Some("insufficient_scope"));
         assert_eq!(code(&p, "/publicity", &[]), Some("missing_authentication"));
     }
 

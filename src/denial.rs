@@ -5,6 +5,7 @@ use serde::Serialize;
 /// A row of the contract's decision table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Code {
+    MalformedPath,
     MalformedCredentials,
     MissingAuthentication,
     InvalidAccount,
@@ -23,7 +24,8 @@ pub enum Code {
 }
 
 impl Code {
-    pub const ALL: [Code; 15] = [
+    pub const ALL: [Code; 16] = [
+        Code::MalformedPath,
         Code::MalformedCredentials,
         Code::MissingAuthentication,
         Code::InvalidAccount,
@@ -43,6 +45,7 @@ impl Code {
 
     pub fn as_str(self) -> &'static str {
         match self {
+            Code::MalformedPath => "malformed_path",
             Code::MalformedCredentials => "malformed_credentials",
             Code::MissingAuthentication => "missing_authentication",
             Code::InvalidAccount => "invalid_account",
@@ -63,7 +66,9 @@ impl Code {
 
     pub fn status(self) -> u32 {
         match self {
-            Code::MalformedCredentials | Code::InvalidAccount | Code::AccountHeaderRequired => 400,
+            Code::MalformedPath | Code::MalformedCredentials | Code::InvalidAccount | Code::AccountHeaderRequired => {
+                400
+            }
             Code::MissingAuthentication
             | Code::InvalidApiKey
             | Code::ExpiredApiKey
@@ -81,6 +86,7 @@ impl Code {
 
     fn default_message(self) -> &'static str {
         match self {
+            Code::MalformedPath => "The request path is malformed or could be read more than one way.",
             Code::MalformedCredentials => "The request carries a malformed or ambiguous credential.",
             Code::MissingAuthentication => "This endpoint requires an API key or a bearer token.",
             Code::InvalidAccount => "The account name is not valid.",
@@ -185,6 +191,7 @@ mod tests {
         assert_eq!(
             table,
             [
+                ("malformed_path", 400),
                 ("malformed_credentials", 400),
                 ("missing_authentication", 401),
                 ("invalid_account", 400),

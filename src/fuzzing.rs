@@ -87,6 +87,18 @@ pub fn credential(data: &[u8]) {
     }
 }
 
+/// Request paths: the canonical form is a fixed point, starts with `/` (or
+/// is `*`), and keeps no dot-segment, doubled slash or refused character.
+pub fn path(data: &[u8]) {
+    let raw = String::from_utf8_lossy(data);
+    let Ok(canonical) = crate::path::canonical(&raw) else { return };
+    assert_eq!(crate::path::canonical(&canonical).as_deref(), Ok(&*canonical), "not a fixed point");
+    assert!(canonical.starts_with('/') || canonical == "*");
+    for bad in ["//", "/./", "/../", "\\", ";"] {
+        assert!(!canonical.contains(bad), "{canonical:?} keeps {bad:?}");
+    }
+}
+
 /// The whole decision: never panics, same answer for the same request.
 pub fn decision(data: &[u8]) {
     let (method, path, headers) = request_parts(data);

@@ -40,6 +40,9 @@ pub enum MalformedPath {
     NotUtf8,
     /// A raw space, control character or non-ASCII byte.
     RawByte,
+    /// Letter case decides the route: case-insensitive servers (Express by
+    /// default, IIS) serve it as the path another route protects.
+    CaseDecidesRoute,
 }
 
 impl fmt::Display for MalformedPath {
@@ -57,6 +60,7 @@ impl fmt::Display for MalformedPath {
             MalformedPath::DoubleEncoded => "double percent-encoding (%25 followed by hex)",
             MalformedPath::NotUtf8 => "encoded bytes are not UTF-8",
             MalformedPath::RawByte => "space, control or non-ASCII byte in path",
+            MalformedPath::CaseDecidesRoute => "letter case decides the route",
         })
     }
 }

@@ -149,6 +149,14 @@ mod tests {
             "routes[0]: needs exactly one of prefix and path"
         );
         assert_eq!(
+            err(r#"{"api_keys":{},"routes":[{"prefix":"/v1/%61gents/./x"}]}"#),
+            "routes[0].prefix: write it as requests are matched: /v1/agents/x"
+        );
+        assert_eq!(
+            err(r#"{"api_keys":{},"routes":[{"path":"/a;b"}]}"#),
+            "routes[0].path: not a path a request can have: ';' path parameter"
+        );
+        assert_eq!(
             err(r#"{"api_keys":{},"routes":[{"prefix":"/a","credentials":["password"]}]}"#),
             "routes[0].credentials[0]: 'password' is not api_key or jwt"
         );

@@ -1,8 +1,8 @@
-//! Route rules, matched in order on the normalised path and the method.
+//! Route rules, matched in order on the canonical path and the method.
 
 use crate::config::{AuthDoc, ConfigError, RouteDoc};
+use crate::path::{canonical, MalformedPath};
 use crate::text::{is_header_safe, is_scope};
-use std::borrow::Cow;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Auth {
@@ -71,9 +71,22 @@ impl Route {
             _ => return Err(ConfigError::new(at, "needs exactly one of prefix and path")),
         };
         let (PathMatch::Prefix(text) | PathMatch::Exact(text)) = &path;
+        let field = if doc.prefix.is_some() { "prefix" } else { "path" };
         if !text.starts_with('/') || text.contains(['?', '#']) || !is_header_safe(text) {
-            let field = if doc.prefix.is_some() { "prefix" } else { "path" };
             return Err(ConfigError::new(format!("{at}.{field}"), "an absolute path without query or fragment"));
+        }
+        // Requests match in canonical form, so a route spelled otherwise could never match.
+        match canonical(text) {
+            Ok(canonical) if canonical == text.as_str() => {}
+            Ok(canonical) => {
+                return Err(ConfigError::new(
+                    format!("{at}.{field}"),
+                    format!("write it as requests are matched: {canonical}"),
+                ))
+            }
+            Err(why) => {
+                return Err(ConfigError::new(format!("{at}.{field}"), format!("not a path a request can have: {why}")))
+            }
         }
         for (i, method) in doc.methods.iter().enumerate() {
             if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
@@ -124,12 +137,17 @@ impl Route {
         })
     }
 
-    fn matches(&self, path: &str, method: &str) -> bool {
+    /// Whether the route covers `path` (canonical) and `method`; with
+    /// `fold_case`, letters in the path compare without case.
+    fn matches(&self, path: &str, method: &str, fold_case: bool) -> bool {
+        let same = |a: &str, b: &str| if fold_case { a.eq_ignore_ascii_case(b) } else { a == b };
         let path_ok = match &self.path {
-            PathMatch::Exact(p) => path == p,
-            PathMatch::Prefix(p) => match path.strip_prefix(p.as_str()) {
-                Some(rest) => rest.is_empty() || p.ends_with('/') || rest.starts_with('/'),
-                None => false,
+            PathMatch::Exact(p) => same(path, p),
+            PathMatch::Prefix(p) => match (path.get(..p.len()), path.get(p.len()..)) {
+                (Some(head), Some(rest)) if same(head, p) => {
+                    rest.is_empty() || p.ends_with('/') || rest.starts_with('/')
+                }
+                _ => false,
             },
         };
         path_ok && (self.methods.is_empty() || self.methods.iter().any(|m| covers(m, method)))
@@ -148,49 +166,17 @@ fn covers(configured: &str, method: &str) -> bool {
     configured.eq_ignore_ascii_case(method) || (configured == "GET" && method.eq_ignore_ascii_case("HEAD"))
 }
 
-/// The first route matching the request, as an index, or `None` for the default.
-pub fn find<'r>(routes: &'r [Route], path: &str, method: &str) -> (Option<usize>, &'r Route) {
-    let path = normalise(path);
-    routes
-        .iter()
-        .enumerate()
-        .find(|(_, r)| r.matches(&path, method))
-        .map_or((None, &DEFAULT_ROUTE), |(i, r)| (Some(i), r))
-}
-
-/// The path as upstream will resolve it: query and fragment dropped, repeated
-/// slashes merged, `.` and `..` segments resolved. Envoy normalises paths
-/// too (`normalize_path`, `merge_slashes`); doing it here as well means a
-/// route can never be dodged with `//admin` or `/x/../admin` when an
-/// operator forgets those settings.
-pub fn normalise(path: &str) -> Cow<'_, str> {
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let clean = path.starts_with('/')
-        && !path.contains("//")
-        && !path.split('/').any(|segment| segment == "." || segment == "..");
-    if clean {
-        return Cow::Borrowed(path);
+/// The first route matching the request's canonical path (see
+/// [`crate::path::canonical`]), as an index, or `None` for the default.
+/// Refused when the route would change with the letters' case: some
+/// upstreams route without case (Express by default, IIS), most with it.
+pub fn find<'r>(routes: &'r [Route], path: &str, method: &str) -> Result<(Option<usize>, &'r Route), MalformedPath> {
+    let first = |fold_case| routes.iter().position(|r| r.matches(path, method, fold_case));
+    let index = first(false);
+    if first(true) != index {
+        return Err(MalformedPath::CaseDecidesRoute);
     }
-    let mut segments: Vec<&str> = Vec::new();
-    for segment in path.split('/') {
-        match segment {
-            "" | "." => {}
-            ".." => {
-                segments.pop();
-            }
-            s => segments.push(s),
-        }
-    }
-    let trailing = path.ends_with('/') || path.ends_with("/.") || path.ends_with("/..");
-    let mut out = String::with_capacity(path.len() + 1);
-    for segment in &segments {
-        out.push('/');
-        out.push_str(segment);
-    }
-    if trailing || segments.is_empty() {
-        out.push('/');
-    }
-    Cow::Owned(out)
+    Ok(index.and_then(|i| routes.get(i).map(|r| (Some(i), r))).unwrap_or((None, &DEFAULT_ROUTE)))
 }
 
 #[cfg(test)]
@@ -208,55 +194,64 @@ mod tests {
         }
     }
 
+    impl Route {
+        fn matches_exactly(&self, path: &str, method: &str) -> bool {
+            self.matches(path, method, false)
+        }
+    }
+
     #[test]
     fn prefixes_match_whole_segments() {
         let r = route(PathMatch::Prefix("/api/accounts".into()), &[]);
-        assert!(r.matches("/api/accounts", "GET"));
-        assert!(r.matches("/api/accounts/7", "GET"));
-        assert!(!r.matches("/api/accounts-internal", "GET"));
-        assert!(!r.matches("/api", "GET"));
+        assert!(r.matches_exactly("/api/accounts", "GET"));
+        assert!(r.matches_exactly("/api/accounts/7", "GET"));
+        assert!(!r.matches_exactly("/api/accounts-internal", "GET"));
+        assert!(!r.matches_exactly("/api", "GET"));
         let slash = route(PathMatch::Prefix("/static/".into()), &[]);
-        assert!(slash.matches("/static/app.js", "GET"));
+        assert!(slash.matches_exactly("/static/app.js", "GET"));
         let root = route(PathMatch::Prefix("/".into()), &[]);
-        assert!(root.matches("/anything", "GET"));
+        assert!(root.matches_exactly("/anything", "GET"));
     }
 
     #[test]
     fn methods_and_exact_paths() {
         let r = route(PathMatch::Exact("/health".into()), &["GET", "HEAD"]);
-        assert!(r.matches("/health", "HEAD"));
-        assert!(!r.matches("/health", "POST"));
-        assert!(!r.matches("/health/x", "GET"));
+        assert!(r.matches_exactly("/health", "HEAD"));
+        assert!(!r.matches_exactly("/health", "POST"));
+        assert!(!r.matches_exactly("/health/x", "GET"));
     }
 
     #[test]
     fn get_covers_head_and_methods_ignore_case() {
         let r = route(PathMatch::Prefix("/v1".into()), &["GET"]);
-        assert!(r.matches("/v1/x", "HEAD") && r.matches("/v1/x", "head") && r.matches("/v1/x", "get"));
-        assert!(!r.matches("/v1/x", "POST"));
+        assert!(
+            r.matches_exactly("/v1/x", "HEAD")
+                && r.matches_exactly("/v1/x", "head")
+                && r.matches_exactly("/v1/x", "get")
+        );
+        assert!(!r.matches_exactly("/v1/x", "POST"));
         let post = route(PathMatch::Prefix("/v1".into()), &["POST"]);
-        assert!(post.matches("/v1/x", "post") && !post.matches("/v1/x", "HEAD"));
+        assert!(post.matches_exactly("/v1/x", "post") && !post.matches_exactly("/v1/x", "HEAD"));
     }
 
     #[test]
     fn first_match_wins_and_default_requires_auth() {
         let routes = vec![route(PathMatch::Prefix("/a".into()), &["GET"]), route(PathMatch::Prefix("/a".into()), &[])];
-        assert_eq!(find(&routes, "/a/x?q=1", "GET").0, Some(0));
-        assert_eq!(find(&routes, "/a/x", "POST").0, Some(1));
-        let (index, default) = find(&routes, "/b", "GET");
+        assert_eq!(find(&routes, "/a/x", "GET").unwrap().0, Some(0));
+        assert_eq!(find(&routes, "/a/x", "POST").unwrap().0, Some(1));
+        let (index, default) = find(&routes, "/b", "GET").unwrap();
         assert_eq!(index, None);
         assert_eq!(default.auth, Auth::Required);
     }
 
     #[test]
-    fn normalisation_defeats_route_dodging() {
-        assert_eq!(normalise("/v1/agents?x=/admin"), "/v1/agents");
-        assert_eq!(normalise("//v1//admin"), "/v1/admin");
-        assert_eq!(normalise("/public/../v1/admin"), "/v1/admin");
-        assert_eq!(normalise("/v1/./admin/"), "/v1/admin/");
-        assert_eq!(normalise("/.."), "/");
-        assert_eq!(normalise("/a/b/.."), "/a/");
-        assert_eq!(normalise(""), "/");
-        assert!(matches!(normalise("/v1/agents"), Cow::Borrowed(_)));
+    fn a_route_that_depends_on_letter_case_is_refused() {
+        let routes =
+            vec![route(PathMatch::Prefix("/v1/admin".into()), &[]), route(PathMatch::Prefix("/v1/Docs".into()), &[])];
+        assert_eq!(find(&routes, "/V1/Admin/x", "GET").unwrap_err(), MalformedPath::CaseDecidesRoute);
+        assert_eq!(find(&routes, "/v1/docs", "GET").unwrap_err(), MalformedPath::CaseDecidesRoute);
+        // Case that decides nothing is fine: both readings give the same route.
+        assert_eq!(find(&routes, "/v1/admin/ABC", "GET").unwrap().0, Some(0));
+        assert_eq!(find(&routes, "/Other/X", "GET").unwrap().0, None);
     }
 }

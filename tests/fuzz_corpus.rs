@@ -34,6 +34,11 @@ fn jwt_corpus() {
 }
 
 #[test]
+fn path_corpus() {
+    replay("path", edge_auth::fuzzing::path);
+}
+
+#[test]
 fn policy_corpus() {
     replay("policy", edge_auth::fuzzing::policy_document);
 }

@@ -60,6 +60,19 @@ def test_the_istio_plugin_fails_closed_and_takes_the_pepper_from_the_host():
     assert env["valueFrom"]["secretKeyRef"]["name"] == docs["Secret"]["metadata"]["name"]
 
 
+def test_shipped_configs_refuse_header_names_with_underscores():
+    envoy_yaml = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
+    hcm = envoy_yaml["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert hcm["common_http_protocol_options"]["headers_with_underscores_action"] == "REJECT_REQUEST"
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "envoy/istio/wasmplugin.yaml").read_text())}
+    patch = docs["EnvoyFilter"]["spec"]["configPatches"][0]
+    assert patch["match"]["listener"]["filterChain"]["filter"]["name"] == "envoy.filters.network.http_connection_manager"
+    options = patch["patch"]["value"]["typed_config"]["common_http_protocol_options"]
+    assert options["headers_with_underscores_action"] == "REJECT_REQUEST"
+    selector = docs["EnvoyFilter"]["spec"]["workloadSelector"]["labels"]
+    assert selector == docs["WasmPlugin"]["spec"]["selector"]["matchLabels"]
+
+
 def test_docker_compose_runs_the_shipped_config_and_module():
     compose = yaml.safe_load((ROOT / "envoy/docker-compose.yaml").read_text())
     envoy = compose["services"]["envoy"]

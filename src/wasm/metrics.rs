@@ -1,6 +1,6 @@
-//! Counters in Envoy's stats (`/stats/prometheus` shows them with the
-//! `envoy_wasmcustom_` prefix). Every worker VM defines the same names, so
-//! Envoy aggregates them into one counter per name.
+//! Counters in Envoy's stats (`/stats/prometheus` shows them as
+//! `edge_auth_*`). Every worker VM defines the same names, so Envoy
+//! aggregates them into one counter per name.
 
 use crate::denial::Code;
 use crate::fetched::Kind;

@@ -15,6 +15,7 @@ pub mod fetched;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod jwt;
+pub mod path;
 pub mod rate_limit;
 pub mod route;
 pub mod source;

@@ -1,25 +1,37 @@
 //! Callers' buckets in proxy-wasm shared data, shared by every Envoy worker.
 //!
-//! Shared data cannot be deleted, so the key space is fixed: [`SLOTS`] keys.
-//! A caller hashes to a slot and probes [`PROBES`] consecutive ones. A slot
-//! whose buckets are all full again carries no information, so another
-//! caller may take it over; a caller that finds neither its own slot nor a
-//! free or idle one is refused (fail closed). Every write is a
-//! compare-and-swap, retried at most [`MAX_ATTEMPTS`] times; a caller that
-//! cannot win in that many is refused too, never waved through.
+//! Shared data cannot be deleted, so the key space is fixed: [`SLOTS`] keys,
+//! grouped in [`BUCKETS`] buckets of [`WINDOW`] slots. A caller may live in
+//! either of two buckets chosen by a keyed hash ([`Placement`]); a new one
+//! goes to the one with fewer active callers. A slot whose buckets
+//! are all full again carries no information, so another caller may take it
+//! over; a caller that finds neither its own slot nor a free or idle one in
+//! both buckets is refused (fail closed). Every write is a compare-and-swap,
+//! retried at most [`MAX_ATTEMPTS`] times; a caller that cannot win in that
+//! many is refused too, never waved through.
+//!
+//! [`Placement`]: super::Placement
 
 use super::gcra::{Gcra, Tat, Verdict};
+use super::placement::CallerId;
 use super::plan::Plan;
 use crate::store::{retry, Cas, Conflict, SharedStore};
-use sha2::{Digest, Sha256};
 
 /// Distinct callers whose buckets are not yet full again that one Envoy
-/// process tracks at most (≈ 100 bytes of shared data each once used).
+/// process tracks at most (≈ 100 bytes of shared data each once used); see
+/// `docs/rate-limit-table.md` for how many it holds in practice.
 pub const SLOTS: u64 = 65_536;
-/// Consecutive slots a caller may occupy.
-pub const PROBES: u64 = 8;
+/// Slots per bucket: a caller reads at most this many in each of its buckets.
+pub const WINDOW: u64 = 4;
+/// Buckets of [`WINDOW`] slots.
+pub const BUCKETS: u64 = SLOTS / WINDOW;
+/// Independent buckets a caller may live in.
+pub const CHOICES: usize = 2;
 /// Compare-and-swap attempts before a request is refused.
 pub const MAX_ATTEMPTS: u32 = 16;
+/// The longest `retry_after` a full table answers: a slot may free sooner
+/// than the earliest idle time (its caller is replaced by a newer one).
+pub const MAX_TABLE_RETRY_S: u64 = 60;
 
 const KEY_PREFIX: &str = "edge_auth/rl/";
 const VERSION: u8 = 2;
@@ -41,8 +53,11 @@ pub enum Charge {
         quota: Quota,
         retry_after_s: u64,
     },
-    /// More active callers than the table holds.
-    TableFull,
+    /// Every slot the caller may use holds another active caller;
+    /// `retry_after_s` until the first of them goes idle (capped).
+    TableFull {
+        retry_after_s: u64,
+    },
     /// Lost the compare-and-swap [`MAX_ATTEMPTS`] times.
     Contended,
 }
@@ -105,33 +120,20 @@ fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_le_bytes(*head), rest))
 }
 
-/// Where a caller lives: its first slot and a fingerprint naming it there.
-#[derive(Debug, Clone, Copy)]
-pub struct CallerId {
-    slot: u64,
-    fingerprint: u64,
-}
-
-impl CallerId {
-    /// `key` distinguishes callers, e.g. `k:<key id>` or `j:<iss>\0<sub>`.
-    pub fn new(key: &[u8]) -> Self {
-        let digest = Sha256::digest(key);
-        let (slot, rest) = take_u64(&digest).unwrap_or((0, &[]));
-        let (fingerprint, _) = take_u64(rest).unwrap_or((0, &[]));
-        Self { slot: slot % SLOTS, fingerprint }
-    }
-}
-
-fn slot_key(slot: u64) -> String {
-    format!("{KEY_PREFIX}{}", slot % SLOTS)
+fn slot_key(bucket: u64, index: u64) -> String {
+    format!("{KEY_PREFIX}{}", (bucket * WINDOW + index) % SLOTS)
 }
 
 /// Takes one token from every bucket of `plan` for `caller`, all or nothing.
 pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u64) -> ChargeResult {
     let gcras: Vec<Gcra> = plan.buckets.iter().map(Gcra::new).collect();
     let attempt = || -> Result<Charge, Conflict> {
-        let Some(Slot { key, cas, tats, clock_ns }) = find_slot(store, plan, caller, &gcras, now_ns) else {
-            return Ok(Charge::TableFull);
+        let Slot { key, cas, tats, clock_ns } = match find_slot(store, plan, caller, &gcras, now_ns) {
+            Ok(slot) => slot,
+            Err(Full { idle_at_ns }) => {
+                let retry_after_s = ceil_seconds(u128::from(idle_at_ns.saturating_sub(now_ns)));
+                return Ok(Charge::TableFull { retry_after_s: retry_after_s.clamp(1, MAX_TABLE_RETRY_S) });
+            }
         };
         // Charges take effect in compare-and-swap order, not in the order the
         // workers read the clock: one that read it before the last writer did
@@ -182,35 +184,71 @@ struct Slot {
     clock_ns: u64,
 }
 
+impl Slot {
+    fn fresh(key: String, cas: Cas, gcras: &[Gcra]) -> Self {
+        Self { key, cas, tats: vec![0; gcras.len()], clock_ns: 0 }
+    }
+}
+
+/// Every slot a caller may use holds another active caller.
+struct Full {
+    /// When the first of them goes idle.
+    idle_at_ns: u64,
+}
+
+/// What a search saw of one of the caller's buckets.
+#[derive(Default)]
+struct Seen {
+    /// Its first free or idle slot.
+    claim: Option<(String, Cas)>,
+    /// Slots held by other callers that are still active.
+    active: u64,
+}
+
 /// The caller's slot (its state, or a free or idle slot to claim with fresh
-/// buckets).
-fn find_slot(store: &dyn SharedStore, plan: &Plan, caller: CallerId, gcras: &[Gcra], now_ns: u64) -> Option<Slot> {
-    let fresh = |(key, cas)| Slot { key, cas, tats: vec![0; gcras.len()], clock_ns: 0 };
-    let mut claim: Option<(String, Cas)> = None;
-    for probe in 0..PROBES {
-        let key = slot_key(caller.slot + probe);
-        let Some((bytes, cas)) = store.get(&key) else {
-            // Slots are never removed, so the caller cannot live past a slot
-            // that was never written.
-            return Some(fresh(claim.unwrap_or((key, Cas::Absent))));
-        };
-        match Entry::decode(&bytes) {
-            Some(entry) if entry.caller == caller.fingerprint => {
-                let cas = Cas::Match(cas);
-                let usable = entry.plan == plan.fingerprint && entry.tats.len() == gcras.len();
-                return Some(if usable {
-                    Slot { key, cas, tats: entry.tats, clock_ns: entry.clock_ns }
-                } else {
-                    fresh((key, cas))
-                });
-            }
-            Some(entry) if entry.idle_at_ns > now_ns => {}
-            _ => {
-                claim.get_or_insert((key, Cas::Match(cas)));
+/// buckets). A bucket's slots are read in order and a caller always claims
+/// the first free or idle one of a bucket, so a bucket's written slots are a
+/// prefix of it: a slot that was never written ends that bucket's search.
+/// A new caller goes to whichever of its buckets holds fewer active callers
+/// (the first on a tie), which keeps buckets evenly filled.
+fn find_slot(
+    store: &dyn SharedStore,
+    plan: &Plan,
+    caller: CallerId,
+    gcras: &[Gcra],
+    now_ns: u64,
+) -> Result<Slot, Full> {
+    let mut seen: [Seen; CHOICES] = Default::default();
+    let mut idle_at_ns = u64::MAX;
+    for (&bucket, seen) in caller.buckets.iter().zip(&mut seen) {
+        for index in 0..WINDOW {
+            let key = slot_key(bucket, index);
+            let Some((bytes, cas)) = store.get(&key) else {
+                seen.claim.get_or_insert((key, Cas::Absent));
+                break;
+            };
+            match Entry::decode(&bytes) {
+                Some(entry) if entry.caller == caller.fingerprint => {
+                    let cas = Cas::Match(cas);
+                    let usable = entry.plan == plan.fingerprint && entry.tats.len() == gcras.len();
+                    return Ok(if usable {
+                        Slot { key, cas, tats: entry.tats, clock_ns: entry.clock_ns }
+                    } else {
+                        Slot::fresh(key, cas, gcras)
+                    });
+                }
+                Some(entry) if entry.idle_at_ns > now_ns => {
+                    seen.active += 1;
+                    idle_at_ns = idle_at_ns.min(entry.idle_at_ns);
+                }
+                _ => {
+                    seen.claim.get_or_insert((key, Cas::Match(cas)));
+                }
             }
         }
     }
-    claim.map(fresh)
+    let emptiest = seen.into_iter().filter(|s| s.claim.is_some()).min_by_key(|s| s.active);
+    emptiest.and_then(|s| s.claim).map(|(key, cas)| Slot::fresh(key, cas, gcras)).ok_or(Full { idle_at_ns })
 }
 
 /// The bucket with the fewest tokens left, without taking one.
@@ -234,8 +272,9 @@ fn ceil_seconds(ns: u128) -> u64 {
 mod tests {
     use super::*;
     use crate::config::BucketDoc;
-    use crate::rate_limit::Plans;
+    use crate::rate_limit::{Placement, Plans};
     use crate::store::MemoryStore;
+    use std::cell::Cell;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -255,12 +294,34 @@ mod tests {
         p.get(p.id("p").unwrap()).unwrap()
     }
 
+    fn id(store: &dyn SharedStore, caller: &str) -> CallerId {
+        CallerId::new(&Placement::shared(store).unwrap(), caller.as_bytes())
+    }
+
     fn admitted(store: &dyn SharedStore, plan: &Plan, caller: &str, n: usize, now: u64) -> usize {
-        (0..n)
-            .filter(|_| {
-                matches!(charge(store, plan, CallerId::new(caller.as_bytes()), now).charge, Charge::Admitted(_))
-            })
-            .count()
+        let caller = id(store, caller);
+        (0..n).filter(|_| matches!(charge(store, plan, caller, now).charge, Charge::Admitted(_))).count()
+    }
+
+    fn active(caller: u64, idle_at_ns: u64) -> Vec<u8> {
+        Entry { caller, plan: 0, idle_at_ns, clock_ns: T0, tats: vec![0] }.encode()
+    }
+
+    /// Counts the host reads a charge makes.
+    #[derive(Default)]
+    struct Counting {
+        inner: MemoryStore,
+        reads: Cell<u32>,
+    }
+
+    impl SharedStore for Counting {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.reads.set(self.reads.get() + 1);
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
+            self.inner.set(key, value, cas)
+        }
     }
 
     #[test]
@@ -272,7 +333,7 @@ mod tests {
         // untouched tokens plus 7 × 10/60 refilled: 3 requests, not 5.
         assert_eq!(admitted(&store, plan(&p), "k:a", 20, T0 + 10 * SECOND), 3);
         // Refusals took nothing from the minute bucket.
-        let r = charge(&store, plan(&p), CallerId::new(b"k:a"), T0 + 10 * SECOND);
+        let r = charge(&store, plan(&p), id(&store, "k:a"), T0 + 10 * SECOND);
         assert!(matches!(r.charge, Charge::Limited { quota: Quota { limit: 7, remaining: 0, .. }, .. }));
     }
 
@@ -281,9 +342,9 @@ mod tests {
         let p = plans(&[(20, 10), (100, 60)]);
         let store = MemoryStore::default();
         assert_eq!(admitted(&store, plan(&p), "k:a", 25, T0), 20);
-        let r = charge(&store, plan(&p), CallerId::new(b"k:b"), T0);
+        let r = charge(&store, plan(&p), id(&store, "k:b"), T0);
         assert_eq!(r.charge, Charge::Admitted(Quota { limit: 20, remaining: 19, reset_s: 1 }));
-        let r = charge(&store, plan(&p), CallerId::new(b"k:a"), T0);
+        let r = charge(&store, plan(&p), id(&store, "k:a"), T0);
         assert_eq!(
             r.charge,
             Charge::Limited { quota: Quota { limit: 20, remaining: 0, reset_s: 10 }, retry_after_s: 1 }
@@ -310,7 +371,7 @@ mod tests {
         // compare-and-swap second. It must see one token fewer, not two.
         let p = plans(&[(20, 3600)]);
         let store = MemoryStore::default();
-        let caller = CallerId::new(b"k:lag");
+        let caller = id(&store, "k:lag");
         let remaining = |now| match charge(&store, plan(&p), caller, now).charge {
             Charge::Admitted(quota) => quota.remaining,
             other => panic!("{other:?}"),
@@ -325,9 +386,9 @@ mod tests {
     fn a_creation_race_cannot_lose_a_token() {
         let p = plans(&[(3, 60)]);
         let store = MemoryStore::default();
-        let caller = CallerId::new(b"k:new");
+        let caller = id(&store, "k:new");
         // Two workers saw the slot missing; the second creation must conflict.
-        let key = slot_key(caller.slot);
+        let key = slot_key(caller.buckets[0], 0);
         store.set(&key, b"first", Cas::Absent).unwrap();
         assert_eq!(store.set(&key, b"second", Cas::Absent), Err(Conflict));
         // A slot holding garbage is free to claim, and CAS-guarded.
@@ -347,28 +408,81 @@ mod tests {
     }
 
     #[test]
-    fn a_full_neighbourhood_refuses_instead_of_sharing() {
+    fn a_full_neighbourhood_refuses_and_says_when_a_slot_frees() {
         let p = plans(&[(1, 3600)]);
         let store = MemoryStore::default();
-        let victim = CallerId::new(b"k:victim");
-        // Fill every probe slot of the victim with other, active callers.
-        for probe in 0..PROBES {
-            let entry = Entry { caller: probe + 1, plan: 0, idle_at_ns: u64::MAX, clock_ns: T0, tats: vec![0] };
-            store.set(&slot_key(victim.slot + probe), &entry.encode(), Cas::Absent).unwrap();
+        let victim = id(&store, "k:victim");
+        // Fill every slot the victim may use with other, active callers.
+        for (i, &bucket) in victim.buckets.iter().enumerate() {
+            for index in 0..WINDOW {
+                let idle_at = T0 + (7 + 10 * (i as u64) + index) * SECOND - SECOND / 2;
+                store.set(&slot_key(bucket, index), &active(100 + index, idle_at), Cas::Absent).unwrap();
+            }
         }
-        assert_eq!(charge(&store, plan(&p), victim, T0).charge, Charge::TableFull);
+        assert_eq!(charge(&store, plan(&p), victim, T0).charge, Charge::TableFull { retry_after_s: 7 });
+        // The first one to go idle makes room.
+        assert_eq!(admitted(&store, plan(&p), "k:victim", 1, T0 + 7 * SECOND), 1);
+        // Far-off idle times are capped.
+        let far = id(&store, "k:far");
+        for bucket in far.buckets {
+            for index in 0..WINDOW {
+                store.set(&slot_key(bucket, index), &active(200 + index, u64::MAX), Cas::Any).unwrap();
+            }
+        }
+        let retry_after_s = MAX_TABLE_RETRY_S;
+        assert_eq!(charge(&store, plan(&p), far, T0).charge, Charge::TableFull { retry_after_s });
+    }
+
+    #[test]
+    fn a_caller_overflows_to_its_second_bucket_and_stays_there() {
+        let p = plans(&[(2, 3600)]);
+        let store = MemoryStore::default();
+        let caller = id(&store, "k:spill");
+        for index in 0..WINDOW {
+            let blocker = active(300 + index, T0 + SECOND);
+            store.set(&slot_key(caller.buckets[0], index), &blocker, Cas::Absent).unwrap();
+        }
+        assert_eq!(admitted(&store, plan(&p), "k:spill", 1, T0), 1);
+        assert!(store.get(&slot_key(caller.buckets[1], 0)).is_some());
+        // The first bucket frees up; the caller must still find its state
+        // in the second, not start afresh in the first.
+        assert_eq!(admitted(&store, plan(&p), "k:spill", 5, T0 + 2 * SECOND), 1);
     }
 
     #[test]
     fn a_caller_keeps_its_slot_when_an_earlier_one_frees_up() {
         let p = plans(&[(2, 3600)]);
         let store = MemoryStore::default();
-        let caller = CallerId::new(b"k:late");
-        let blocker = Entry { caller: 7, plan: 0, idle_at_ns: T0 + SECOND, clock_ns: T0, tats: vec![0] };
-        store.set(&slot_key(caller.slot), &blocker.encode(), Cas::Absent).unwrap();
-        assert_eq!(admitted(&store, plan(&p), "k:late", 1, T0), 1); // lands in the second slot
-                                                                    // The blocker goes idle; the caller must still find its own state.
+        let caller = id(&store, "k:late");
+        store.set(&slot_key(caller.buckets[0], 0), &active(7, T0 + SECOND), Cas::Absent).unwrap();
+        // Lands in the second slot.
+        assert_eq!(admitted(&store, plan(&p), "k:late", 1, T0), 1);
+        // The blocker goes idle; the caller must still find its own state.
         assert_eq!(admitted(&store, plan(&p), "k:late", 5, T0 + 2 * SECOND), 1);
+    }
+
+    #[test]
+    fn a_new_caller_goes_to_its_emptier_bucket() {
+        let p = plans(&[(2, 3600)]);
+        let store = MemoryStore::default();
+        let caller = id(&store, "k:even");
+        store.set(&slot_key(caller.buckets[0], 0), &active(7, T0 + SECOND), Cas::Absent).unwrap();
+        assert_eq!(admitted(&store, plan(&p), "k:even", 1, T0), 1);
+        assert!(store.get(&slot_key(caller.buckets[1], 0)).is_some());
+        assert!(store.get(&slot_key(caller.buckets[0], 1)).is_none());
+    }
+
+    #[test]
+    fn a_charge_reads_few_slots_on_a_quiet_table() {
+        let p = plans(&[(5, 60)]);
+        let store = Counting::default();
+        let caller = id(&store, "k:quiet");
+        // New: the first slot of each bucket; returning: its own slot.
+        for expected in [2, 1, 1] {
+            store.reads.set(0);
+            assert!(matches!(charge(&store, plan(&p), caller, T0).charge, Charge::Admitted(_)));
+            assert_eq!(store.reads.get(), expected);
+        }
     }
 
     #[test]

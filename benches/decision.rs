@@ -10,6 +10,7 @@ use edge_auth::effects;
 use edge_auth::fetched::Fetched;
 use edge_auth::jwt::{NoSignatureHost, TokenCache};
 use edge_auth::policy::Policy;
+use edge_auth::rate_limit::Placement;
 use edge_auth::store::MemoryStore;
 use edge_auth::testing::EveryVar;
 use std::cell::RefCell;
@@ -93,14 +94,21 @@ fn bench_requests(policy: &Policy, label: &str, iters: u32, pairs: &[(&str, &str
     let store = MemoryStore::default();
     let tokens = RefCell::new(TokenCache::default());
     let fetched = Fetched::empty();
+    let placement = Placement::shared(&store).unwrap();
     let mut now_ns = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
     measure(label, iters, || {
         now_ns += 1_000;
         if cache == Cache::Emptied {
             tokens.borrow_mut().clear();
         }
-        let runtime =
-            Runtime { now_ns, store: &store, tokens: &tokens, fetched: &fetched, signatures: &NoSignatureHost };
+        let runtime = Runtime {
+            now_ns,
+            store: &store,
+            tokens: &tokens,
+            fetched: &fetched,
+            signatures: &NoSignatureHost,
+            placement: Some(&placement),
+        };
         let decision = decide(black_box(policy), black_box(&request), &runtime);
         black_box(effects::of(policy, &decision));
     });
@@ -197,7 +205,7 @@ fn bench_rate_limit_step() {
     let policy = Policy::from_json(policy_with(1, "huge").as_bytes(), &PEPPER).unwrap();
     let plan = policy.plans.get(policy.plans.id("huge").unwrap()).unwrap();
     let store = MemoryStore::default();
-    let caller = CallerId::new(b"k:key_0");
+    let caller = CallerId::new(&Placement::shared(&store).unwrap(), b"k:key_0");
     let mut now_ns = 1_800_000_000_000_000_000u64;
     measure("rate-limit step: 2-bucket plan, admitted", 100_000, || {
         now_ns += 1_000;

@@ -5,7 +5,7 @@
 //! 32 bytes in constant time, so timing reveals nothing about stored hashes.
 
 use crate::config::{ApiKeysDoc, ConfigError, Environment, KeyRecordDoc};
-use crate::rate_limit::{CallerId, PlanId, Plans};
+use crate::rate_limit::{PlanId, Plans};
 use crate::remote::Endpoint;
 use crate::text::{is_header_safe, is_scope};
 use hmac::{Hmac, Mac};
@@ -104,8 +104,6 @@ pub struct ApiKey {
     /// `scopes` space-joined once, for the identity header.
     pub scopes_header: String,
     pub plan: Option<PlanId>,
-    /// Where the key's buckets live (hashed once, here).
-    pub caller: CallerId,
     /// Unix seconds from which the key is refused.
     pub expires_at: Option<u64>,
 }
@@ -242,7 +240,6 @@ fn compile_record(
         scopes_header: record.scopes.join(" "),
         scopes: record.scopes.clone(),
         plan,
-        caller: CallerId::new(format!("k:{}", record.id).as_bytes()),
         expires_at,
     })
 }

@@ -12,7 +12,7 @@ use crate::fetched::Fetched;
 use crate::jwt::{self, SignatureHost, TokenCache, TokenError, VerifiedToken};
 use crate::path::{self, MalformedPath};
 use crate::policy::Policy;
-use crate::rate_limit::{self, CallerId, Charge, ChargeResult, PlanId, Quota};
+use crate::rate_limit::{self, CallerId, Charge, ChargeResult, Placement, PlanId, Quota};
 use crate::route::{self, Auth, CredentialKind, Route};
 use crate::store::SharedStore;
 use crate::text::same_header_name;
@@ -42,6 +42,8 @@ pub struct Runtime<'a, 'f> {
     pub fetched: &'f Fetched,
     /// Native signature checks, where the host has them.
     pub signatures: &'a dyn SignatureHost,
+    /// Where callers' buckets live; `None` if the process has no secret yet.
+    pub placement: Option<&'a Placement>,
 }
 
 /// The authenticated caller, as upstream will see it.
@@ -107,7 +109,7 @@ impl<'p> Decision<'p> {
     pub fn quota(&self) -> Option<Quota> {
         match self.rate?.charge {
             Charge::Admitted(quota) | Charge::Limited { quota, .. } => Some(quota),
-            Charge::TableFull | Charge::Contended => None,
+            Charge::TableFull { .. } | Charge::Contended => None,
         }
     }
 }
@@ -159,7 +161,8 @@ where
             match check_api_key(policy, runtime.fetched, key, prefix_account, runtime.now_ns / NANOS) {
                 Ok(key) => {
                     let plan = key.plan.or(policy.default_plan);
-                    let decision = admit(policy, on, identity_of(key), plan, || key.caller, runtime);
+                    let caller = |placement: &Placement| CallerId::new(placement, format!("k:{}", key.id).as_bytes());
+                    let decision = admit(policy, on, identity_of(key), plan, caller, runtime);
                     Decision { key_id: Some(key.id.as_str()), ..decision }
                 }
                 Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..on.deny(denial) },
@@ -172,8 +175,9 @@ where
         Credential::Jwt(token) => match check_jwt(policy, request.headers, token, runtime) {
             Ok((verified, account)) => {
                 // Buckets belong to issuer + sub; named only if they are charged.
-                let caller = || {
-                    CallerId::new(format!("j:{}\0{}", policy_issuer(policy, &verified), verified.subject).as_bytes())
+                let caller = |placement: &Placement| {
+                    let issuer = policy_issuer(policy, &verified);
+                    CallerId::new(placement, format!("j:{issuer}\0{}", verified.subject).as_bytes())
                 };
                 let identity = Identity {
                     org: verified.org.clone().map(Cow::Owned),
@@ -325,7 +329,7 @@ fn admit<'p>(
     on: Matched<'p>,
     identity: Identity<'p>,
     plan: Option<PlanId>,
-    caller: impl FnOnce() -> CallerId,
+    caller: impl FnOnce(&Placement) -> CallerId,
     runtime: &Runtime<'_, '_>,
 ) -> Decision<'p> {
     let verdict = authorize(policy, on.route, identity);
@@ -333,13 +337,20 @@ fn admit<'p>(
     let (Verdict::Allow(_), Some(plan)) = (&verdict, plan) else {
         return on.decide(verdict);
     };
-    let result = rate_limit::charge(runtime.store, plan, caller(), runtime.now_ns);
+    let result = match runtime.placement {
+        Some(placement) => rate_limit::charge(runtime.store, plan, caller(placement), runtime.now_ns),
+        // No placement secret (no randomness, or a store too contended to
+        // create it): nowhere safe to keep the buckets.
+        None => ChargeResult { charge: Charge::Contended, conflicts: 0 },
+    };
     let verdict = match result.charge {
         Charge::Admitted(_) => verdict,
-        Charge::Limited { retry_after_s, .. } => Verdict::Deny(Denial::rate_limited(retry_after_s)),
-        // Fail closed: a caller the table cannot hold, or a store too
-        // contended to update, is refused rather than waved through.
-        Charge::TableFull | Charge::Contended => Verdict::Deny(Denial::rate_limited(1)),
+        Charge::Limited { retry_after_s, .. } | Charge::TableFull { retry_after_s } => {
+            Verdict::Deny(Denial::rate_limited(retry_after_s))
+        }
+        // Fail closed: a store too contended to update refuses rather than
+        // waves through.
+        Charge::Contended => Verdict::Deny(Denial::rate_limited(1)),
     };
     Decision { rate: Some(result), ..on.decide(verdict) }
 }
@@ -383,7 +394,14 @@ mod tests {
     }
 
     fn runtime<'a>(now_ns: u64, store: &'a MemoryStore, tokens: &'a RefCell<TokenCache>) -> Runtime<'a, 'static> {
-        Runtime { now_ns, store, tokens, fetched: Box::leak(Box::new(Fetched::empty())), signatures: &NoSignatureHost }
+        Runtime {
+            now_ns,
+            store,
+            tokens,
+            fetched: Box::leak(Box::new(Fetched::empty())),
+            signatures: &NoSignatureHost,
+            placement: Placement::shared(store).map(|p| &*Box::leak(Box::new(p))),
+        }
     }
 
     const PEPPER: EveryVar = EveryVar("pepper");

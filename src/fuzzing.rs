@@ -8,6 +8,7 @@ use crate::decision::{decide, Request, Runtime, Verdict};
 use crate::fetched::{self, Fetched, Kind};
 use crate::jwt::{self, NoSignatureHost, TokenCache, VerifyKey};
 use crate::policy::Policy;
+use crate::rate_limit::Placement;
 use crate::store::MemoryStore;
 use crate::testing::EveryVar;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -105,12 +106,14 @@ pub fn decision(data: &[u8]) {
     let request = Request { method: &method, path: &path, headers: &headers };
     let run = || {
         let (store, tokens, fetched) = (MemoryStore::default(), RefCell::new(TokenCache::default()), Fetched::empty());
+        let placement = Placement::shared(&store);
         let runtime = Runtime {
             now_ns: 1_800_000_000_000_000_000,
             store: &store,
             tokens: &tokens,
             fetched: &fetched,
             signatures: &NoSignatureHost,
+            placement: placement.as_ref(),
         };
         match decide(policy(), &request, &runtime).verdict {
             Verdict::Allow(identity) => format!("{identity:?}"),

@@ -13,9 +13,9 @@ use crate::effects::{self, Effects};
 use crate::fetched::{self, Feed, Fetched};
 use crate::jwt::{SignatureHost, TokenCache};
 use crate::policy::Policy;
-use crate::rate_limit::ChargeResult;
+use crate::rate_limit::{ChargeResult, Placement};
 use crate::store::SharedStore;
-use std::cell::RefCell;
+use std::cell::{OnceCell, RefCell};
 
 /// Counters the host keeps (Envoy stats).
 pub trait Stats {
@@ -43,6 +43,9 @@ pub struct Worker {
     feeds: Vec<Feed>,
     fetched: RefCell<Fetched>,
     tokens: RefCell<TokenCache>,
+    /// The process's placement secret, read from shared data once a plan
+    /// needs it.
+    placement: OnceCell<Placement>,
 }
 
 /// What the host does with a request.
@@ -57,7 +60,7 @@ impl Worker {
     pub fn new(policy: Policy) -> Self {
         let feeds = fetched::feeds(&policy);
         let fetched = RefCell::new(Fetched::new(&feeds));
-        Self { policy, feeds, fetched, tokens: RefCell::default() }
+        Self { policy, feeds, fetched, tokens: RefCell::default(), placement: OnceCell::new() }
     }
 
     pub fn policy(&self) -> &Policy {
@@ -85,6 +88,11 @@ impl Worker {
         V: AsRef<[u8]>,
     {
         self.sync(host.store);
+        if self.placement.get().is_none() && self.policy.plans.any() {
+            if let Some(placement) = Placement::shared(host.store) {
+                let _ = self.placement.set(placement);
+            }
+        }
         let fetched = self.fetched.borrow();
         let runtime = Runtime {
             now_ns: host.now_ns,
@@ -92,6 +100,7 @@ impl Worker {
             tokens: &self.tokens,
             fetched: &fetched,
             signatures: host.signatures,
+            placement: self.placement.get(),
         };
         let decision = decide(&self.policy, request, &runtime);
         self.record(&decision, host);

@@ -73,6 +73,11 @@ impl Plans {
     pub fn get(&self, id: PlanId) -> Option<&Plan> {
         self.plans.get(id.0)
     }
+
+    /// Whether any plan is configured (so callers have buckets to charge).
+    pub fn any(&self) -> bool {
+        !self.plans.is_empty()
+    }
 }
 
 fn fingerprint(name: &str, buckets: &[Bucket]) -> u64 {

@@ -84,7 +84,7 @@ impl Stats for Metrics {
             let _ = hostcalls::increment_metric(self.cas_conflicts, i64::from(result.conflicts));
         }
         match result.charge {
-            Charge::TableFull => bump(self.table_full),
+            Charge::TableFull { .. } => bump(self.table_full),
             Charge::Contended => bump(self.contended),
             Charge::Admitted(_) | Charge::Limited { .. } => {}
         }

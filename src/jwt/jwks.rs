@@ -1,6 +1,6 @@
 //! RFC 7517 JWK Sets, checked for weak or unusable key material.
 
-use super::Algorithm;
+use super::{Algorithm, VerifyKey};
 use crate::config::{ConfigError, JwkSetDoc};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -110,6 +110,16 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
     Ok(keys)
 }
 
+/// A JWK Set's keys, validated and parsed, ready to verify; `path` names the
+/// set in errors (e.g. `jwt.providers[0].jwks`).
+pub fn verify_keys(set: &JwkSetDoc, path: &str) -> Result<Vec<VerifyKey>, ConfigError> {
+    compile_jwks(set, path)?
+        .iter()
+        .enumerate()
+        .map(|(i, jwk)| VerifyKey::new(jwk).map_err(|why| ConfigError::new(format!("{path}.keys[{i}]"), why)))
+        .collect()
+}
+
 fn significant_bits(bytes: &[u8]) -> usize {
     match bytes.iter().position(|&b| b != 0) {
         None => 0,
@@ -168,6 +178,20 @@ mod tests {
         );
         assert_eq!(compile(dup).unwrap_err(), "jwks.keys[1].kid: duplicate kid 'a'");
         assert!(compile(r#"{"keys":[{"kty":"none"}]}"#.into()).unwrap_err().starts_with("jwks.keys[0].kty:"));
+    }
+
+    #[test]
+    fn verify_keys_parses_every_key_and_names_the_one_that_fails() {
+        let set = |json: String| serde_json::from_str::<JwkSetDoc>(&json).unwrap();
+        let oct = format!(r#"{{"kty":"oct","kid":"h","k":"{}"}}"#, b64(&[7; 32]));
+        let keys = verify_keys(&set(format!(r#"{{"keys":[{oct}]}}"#)), "p.jwks").unwrap();
+        assert_eq!((keys.len(), keys[0].kid.as_deref(), keys[0].algorithm()), (1, Some("h"), Algorithm::Hs256));
+        // 32-byte coordinates that are not a point on P-256 pass compile_jwks; VerifyKey refuses them.
+        let off_curve = format!(r#"{{"kty":"EC","crv":"P-256","x":"{0}","y":"{0}"}}"#, b64(&[1; 32]));
+        let err = verify_keys(&set(format!(r#"{{"keys":[{oct},{off_curve}]}}"#)), "p.jwks").unwrap_err();
+        assert_eq!(err.to_string(), "p.jwks.keys[1]: not a point on P-256");
+        let short = format!(r#"{{"keys":[{{"kty":"oct","k":"{}"}}]}}"#, b64(&[7; 31]));
+        assert_eq!(verify_keys(&set(short), "p.jwks").unwrap_err().path, "p.jwks.keys[0].k");
     }
 
     #[test]

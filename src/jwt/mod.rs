@@ -1,6 +1,7 @@
 //! JWT providers: configuration and key material.
 
 mod cache;
+mod error;
 pub mod host_wire;
 mod jwks;
 mod verify;
@@ -9,8 +10,9 @@ mod verify;
 mod tests;
 
 pub use cache::TokenCache;
-pub use jwks::{compile_jwks, Jwk, KeyMaterial};
-pub use verify::{provider_for, verify, TokenError, VerifiedToken};
+pub use error::{Claim, Rejection, TokenError};
+pub use jwks::{compile_jwks, verify_keys, Jwk, KeyMaterial};
+pub use verify::{provider_for, verify, verify_jws, VerifiedToken};
 
 use std::fmt;
 

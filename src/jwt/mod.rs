@@ -12,7 +12,7 @@ mod tests;
 pub use cache::TokenCache;
 pub use error::{Claim, Rejection, TokenError};
 pub use jwks::{compile_jwks, verify_keys, Jwk, KeyMaterial};
-pub use verify::{provider_for, verify, verify_jws, VerifiedToken};
+pub use verify::{provider_for, verify, verify_jws, verify_signature, VerifiedToken};
 
 use std::fmt;
 

@@ -2,6 +2,7 @@
 
 mod cache;
 mod compile;
+mod error;
 pub mod host_wire;
 mod jwks;
 mod verify;
@@ -11,8 +12,9 @@ mod tests;
 
 pub use cache::TokenCache;
 pub use compile::compile_providers;
-pub use jwks::{compile_jwks, Jwk, KeyMaterial};
-pub use verify::{provider_for, verify, TokenError, VerifiedToken};
+pub use error::{Claim, Rejection, TokenError};
+pub use jwks::{compile_jwks, verify_keys, Jwk, KeyMaterial};
+pub use verify::{provider_for, verify, verify_jws, verify_signature, VerifiedToken};
 
 use std::fmt;
 

@@ -74,7 +74,8 @@ impl std::error::Error for MalformedPath {}
 /// and repeated slashes merged. `*` (OPTIONS) is its own path. Borrowed when
 /// nothing changes, which is almost every request.
 pub fn canonical(raw: &str) -> Result<Cow<'_, str>, MalformedPath> {
-    let path = raw.split(['?', '#']).next().unwrap_or_default();
+    let end = raw.bytes().position(|b| b == b'?' || b == b'#').unwrap_or(raw.len());
+    let path = raw.get(..end).unwrap_or_default();
     if path == "*" {
         return Ok(Cow::Borrowed(path));
     }
@@ -93,6 +94,7 @@ pub fn canonical(raw: &str) -> Result<Cow<'_, str>, MalformedPath> {
         return Err(MalformedPath::NotUtf8);
     }
     Ok(match decoded {
+        Cow::Borrowed(p) if !scan.dots => Cow::Borrowed(p),
         Cow::Borrowed(p) => resolve(p).map_or(Cow::Borrowed(p), Cow::Owned),
         Cow::Owned(p) => Cow::Owned(resolve(&p).unwrap_or(p)),
     })
@@ -107,13 +109,25 @@ struct Scan {
     percent: bool,
     /// An escape of a byte ≥ 0x80, whose sequence must be UTF-8.
     high: bool,
+    /// A raw empty, `.` or `..` segment (escapes are covered by `decode`).
+    dots: bool,
 }
 
 fn scan(path: &str) -> Result<Scan, MalformedPath> {
     let mut found = Scan::default();
-    let mut bytes = path.bytes();
+    // The current segment's length and how many of it are raw dots; the
+    // path starts with `/`, which opens the first segment.
+    let (mut length, mut dots) = (0u32, 0u32);
+    let mut bytes = path.bytes().skip(1);
     while let Some(b) = bytes.next() {
+        if b == b'/' {
+            found.dots |= length == dots && length <= 2;
+            (length, dots) = (0, 0);
+            continue;
+        }
+        length = length.saturating_add(1);
         match b {
+            b'.' => dots = dots.saturating_add(1),
             b'%' => {
                 let (hi, lo) = (bytes.next(), bytes.next());
                 let byte = hi.and_then(hex).zip(lo.and_then(hex)).map(|(h, l)| h << 4 | l);
@@ -130,6 +144,7 @@ fn scan(path: &str) -> Result<Scan, MalformedPath> {
             _ => {}
         }
     }
+    found.dots |= length > 0 && length == dots && length <= 2;
     Ok(found)
 }
 
@@ -369,6 +384,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(4096))]
+
         #[test]
         fn outputs_are_canonical_and_idempotent(raw in "[/a.%2eEfF5cC3bB0-9;\\\\?#~ -]{0,24}") {
             if let Ok(out) = canonical(&raw) {

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use edge_auth::config::BucketDoc;
+use edge_auth::config::{BucketDoc, ScopeDoc};
 use edge_auth::rate_limit::{charge, CallerId, Charge, Placement, Plan, Plans, SLOTS};
 use edge_auth::store::{Cas, Conflict, MemoryStore, SharedStore};
 use std::cell::Cell;
@@ -71,14 +71,17 @@ struct Row {
 }
 
 fn plans() -> Plans {
-    let bucket = |requests, per_s| vec![BucketDoc { name: "b".to_owned(), requests, per_s }];
-    Plans::compile(&BTreeMap::from([
-        // One request an hour: a filled caller stays active all along.
-        ("active".to_owned(), bucket(1, 3600)),
-        // Refills in a nanosecond: a probe is idle again at once, so probes
-        // do not fill the table they measure.
-        ("probe".to_owned(), bucket(1_000_000_000, 1)),
-    ]))
+    let bucket = |requests, per_s| vec![BucketDoc { name: "b".to_owned(), requests, per_s, scope: ScopeDoc::Local }];
+    Plans::compile(
+        &BTreeMap::from([
+            // One request an hour: a filled caller stays active all along.
+            ("active".to_owned(), bucket(1, 3600)),
+            // Refills in a nanosecond: a probe is idle again at once, so probes
+            // do not fill the table they measure.
+            ("probe".to_owned(), bucket(1_000_000_000, 1)),
+        ]),
+        false,
+    )
     .unwrap()
 }
 

@@ -12,6 +12,8 @@ use crate::fetched::Fetched;
 use crate::jwt::{self, SignatureHost, TokenCache, TokenError, VerifiedToken};
 use crate::path::{self, MalformedPath};
 use crate::policy::Policy;
+use crate::rate_limit::global::{Ask, Global};
+use crate::rate_limit::lease::{self, Take};
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, Placement, PlanId, Quota};
 use crate::route::{self, Auth, CredentialKind, Route};
 use crate::store::SharedStore;
@@ -82,7 +84,7 @@ impl fmt::Display for Detail {
         match self {
             Detail::Path(why) => why.fmt(f),
             Detail::Malformed(why) => why.fmt(f),
-            Detail::Token(why) => write!(f, "{why:?}"),
+            Detail::Token(why) => why.fmt(f),
         }
     }
 }
@@ -96,13 +98,15 @@ pub struct Decision<'p> {
     pub key_id: Option<&'p str>,
     /// Why the credential was refused, when the code alone does not say.
     pub detail: Option<Detail>,
-    /// The rate-limit step, when the caller has a plan.
+    /// The local rate-limit step, when the caller's plan has local buckets.
     pub rate: Option<ChargeResult>,
+    /// What is left to the fleet-wide engine, when the plan has global buckets.
+    pub global: Option<Global>,
 }
 
 impl<'p> Decision<'p> {
     fn new(route: Option<usize>, verdict: Verdict<'p>) -> Self {
-        Self { route, verdict, key_id: None, detail: None, rate: None }
+        Self { route, verdict, key_id: None, detail: None, rate: None, global: None }
     }
 
     /// The caller's most constrained bucket, for `x-ratelimit-*`.
@@ -161,8 +165,7 @@ where
             match check_api_key(policy, runtime.fetched, key, prefix_account, runtime.now_ns / NANOS) {
                 Ok(key) => {
                     let plan = key.plan.or(policy.default_plan);
-                    let caller = |placement: &Placement| CallerId::new(placement, format!("k:{}", key.id).as_bytes());
-                    let decision = admit(policy, on, identity_of(key), plan, caller, runtime);
+                    let decision = admit(policy, on, identity_of(key), plan, || format!("k:{}", key.id), runtime);
                     Decision { key_id: Some(key.id.as_str()), ..decision }
                 }
                 Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..on.deny(denial) },
@@ -175,9 +178,10 @@ where
         Credential::Jwt(token) => match check_jwt(policy, request.headers, token, runtime) {
             Ok((verified, account)) => {
                 // Buckets belong to issuer + sub; named only if they are charged.
-                let caller = |placement: &Placement| {
+                // Issuer and subject, unambiguously joined: the issuer's length first.
+                let caller = || {
                     let issuer = policy_issuer(policy, &verified);
-                    CallerId::new(placement, format!("j:{issuer}\0{}", verified.subject).as_bytes())
+                    format!("j:{}:{issuer}{}", issuer.len(), verified.subject)
                 };
                 let identity = Identity {
                     org: verified.org.clone().map(Cow::Owned),
@@ -323,36 +327,48 @@ fn check_api_key<'p>(
 const NANOS: u64 = 1_000_000_000;
 
 /// Rows 12–15 for a verified caller: the route's rules, then the buckets of
-/// its `plan`, which belong to `caller`.
+/// its `plan`, which belong to the caller named `caller` (e.g. `k:<key id>`).
+/// Local buckets are charged here; global ones are spent from the caller's
+/// lease or left to the engine ([`Decision::global`]).
 fn admit<'p>(
     policy: &'p Policy,
     on: Matched<'p>,
     identity: Identity<'p>,
-    plan: Option<PlanId>,
-    caller: impl FnOnce(&Placement) -> CallerId,
+    plan_id: Option<PlanId>,
+    caller: impl FnOnce() -> String,
     runtime: &Runtime<'_, '_>,
 ) -> Decision<'p> {
     let verdict = authorize(policy, on.route, identity);
-    let plan = plan.and_then(|id| policy.plans.get(id));
-    let (Verdict::Allow(_), Some(plan)) = (&verdict, plan) else {
+    let plan = plan_id.and_then(|id| policy.plans.get(id).map(|plan| (id, plan)));
+    let (Verdict::Allow(_), Some((plan_id, plan))) = (&verdict, plan) else {
         return on.decide(verdict);
     };
-    let result = match runtime.placement {
-        Some(placement) => rate_limit::charge(runtime.store, plan, caller(placement), runtime.now_ns),
-        // No placement secret (no randomness, or a store too contended to
-        // create it): nowhere safe to keep the buckets.
-        None => ChargeResult { charge: Charge::Contended, conflicts: 0 },
+    // No placement secret (no randomness, or a store too contended to create
+    // it): nowhere safe to keep the buckets.
+    let Some(placement) = runtime.placement else {
+        let result = ChargeResult { charge: Charge::Contended, conflicts: 0 };
+        return Decision { rate: Some(result), ..on.deny(Denial::rate_limited(1)) };
     };
-    let verdict = match result.charge {
-        Charge::Admitted(_) => verdict,
-        Charge::Limited { retry_after_s, .. } | Charge::TableFull { retry_after_s } => {
+    let name = caller();
+    let caller = CallerId::new(placement, name.as_bytes());
+    let result = (!plan.buckets.is_empty()).then(|| rate_limit::charge(runtime.store, plan, caller, runtime.now_ns));
+    let verdict = match result.map(|r| r.charge) {
+        None | Some(Charge::Admitted(_)) => verdict,
+        Some(Charge::Limited { retry_after_s, .. } | Charge::TableFull { retry_after_s }) => {
             Verdict::Deny(Denial::rate_limited(retry_after_s))
         }
         // Fail closed: a store too contended to update refuses rather than
         // waves through.
-        Charge::Contended => Verdict::Deny(Denial::rate_limited(1)),
+        Some(Charge::Contended) => Verdict::Deny(Denial::rate_limited(1)),
     };
-    Decision { rate: Some(result), ..on.decide(verdict) }
+    let global = match (&verdict, plan.global.is_empty()) {
+        (Verdict::Allow(_), false) => Some(match lease::take(runtime.store, plan, caller, runtime.now_ns) {
+            Take::Spent => Global::Leased,
+            Take::Ask { hits } => Global::Ask(Ask { plan: plan_id, caller, name, hits }),
+        }),
+        _ => None,
+    };
+    Decision { rate: result, global, ..on.decide(verdict) }
 }
 
 fn identity_of(key: &ApiKey) -> Identity<'_> {

@@ -21,10 +21,11 @@ pub enum Code {
     InsufficientScope,
     RateLimited,
     AuthUnavailable,
+    RateLimitUnavailable,
 }
 
 impl Code {
-    pub const ALL: [Code; 16] = [
+    pub const ALL: [Code; 17] = [
         Code::MalformedPath,
         Code::MalformedCredentials,
         Code::MissingAuthentication,
@@ -41,6 +42,7 @@ impl Code {
         Code::InsufficientScope,
         Code::RateLimited,
         Code::AuthUnavailable,
+        Code::RateLimitUnavailable,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -61,6 +63,7 @@ impl Code {
             Code::InsufficientScope => "insufficient_scope",
             Code::RateLimited => "rate_limited",
             Code::AuthUnavailable => "auth_unavailable",
+            Code::RateLimitUnavailable => "rate_limit_unavailable",
         }
     }
 
@@ -80,7 +83,7 @@ impl Code {
             | Code::CredentialNotAllowed
             | Code::InsufficientScope => 403,
             Code::RateLimited => 429,
-            Code::AuthUnavailable => 503,
+            Code::AuthUnavailable | Code::RateLimitUnavailable => 503,
         }
     }
 
@@ -102,6 +105,7 @@ impl Code {
             Code::InsufficientScope => "The credential lacks a scope this endpoint requires.",
             Code::RateLimited => "Too many requests; retry later.",
             Code::AuthUnavailable => "Authentication is temporarily unavailable.",
+            Code::RateLimitUnavailable => "Rate limiting is temporarily unavailable.",
         }
     }
 }
@@ -207,6 +211,7 @@ mod tests {
                 ("insufficient_scope", 403),
                 ("rate_limited", 429),
                 ("auth_unavailable", 503),
+                ("rate_limit_unavailable", 503),
             ]
         );
     }

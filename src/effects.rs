@@ -12,12 +12,13 @@ use crate::headers::SHADOW_HEADER;
 use crate::policy::Policy;
 use crate::rate_limit::Quota;
 use crate::text::same_header_name;
+use std::borrow::Cow;
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effects<'p> {
     /// Send the request upstream with these headers set (replacing any value).
     Forward {
-        set: Vec<(&'p str, String)>,
+        set: Vec<(Cow<'p, str>, String)>,
         /// Credential headers to remove (`strip_credentials`).
         remove: &'static [&'static str],
         /// Headers to add to upstream's response (`x-ratelimit-*`).
@@ -27,22 +28,49 @@ pub enum Effects<'p> {
     Reply(Reply),
 }
 
-const CREDENTIAL_HEADERS: &[&str] = &[AUTHORIZATION, X_API_KEY];
+impl Effects<'_> {
+    /// The same effects, owning their header names, to be applied later
+    /// (after the fleet-wide engine answers).
+    pub fn into_owned(self) -> Effects<'static> {
+        match self {
+            Effects::Forward { set, remove, response } => Effects::Forward {
+                set: set.into_iter().map(|(name, value)| (Cow::Owned(name.into_owned()), value)).collect(),
+                remove,
+                response,
+            },
+            Effects::Reply(reply) => Effects::Reply(reply),
+        }
+    }
+}
+
+/// The headers a credential may arrive in.
+pub const CREDENTIAL_HEADERS: &[&str] = &[AUTHORIZATION, X_API_KEY];
 
 /// The effects of `decision` under the policy's mode.
 pub fn of<'p>(policy: &'p Policy, decision: &Decision<'_>) -> Effects<'p> {
-    let quota = decision.quota().map(quota_headers).unwrap_or_default();
-    match (&decision.verdict, policy.mode) {
-        (Verdict::Allow(identity), _) => forward(policy, identity.as_ref(), quota),
-        (Verdict::Deny(denial), Mode::Enforce) => {
+    let quota = decision.quota();
+    match &decision.verdict {
+        Verdict::Allow(identity) => forward(policy, identity.as_ref(), quota.map(quota_headers).unwrap_or_default()),
+        Verdict::Deny(denial) => denied(policy, denial, quota),
+    }
+}
+
+/// The effects of a denial under the policy's mode, with the caller's most
+/// constrained bucket if it has one.
+pub fn denied(policy: &Policy, denial: &Denial, quota: Option<Quota>) -> Effects<'static> {
+    let quota = quota.map(quota_headers).unwrap_or_default();
+    match policy.mode {
+        Mode::Enforce => {
             let mut reply = denial.reply();
             reply.headers.extend(quota);
             Effects::Reply(reply)
         }
         // Shadow: forward as anonymous, with the would-be verdict for upstream to see.
-        (Verdict::Deny(denial), Mode::Shadow) => {
-            Effects::Forward { set: vec![(SHADOW_HEADER, shadow_verdict(denial))], remove: &[], response: quota }
-        }
+        Mode::Shadow => Effects::Forward {
+            set: vec![(Cow::Borrowed(SHADOW_HEADER), shadow_verdict(denial))],
+            remove: &[],
+            response: quota,
+        },
     }
 }
 
@@ -67,7 +95,8 @@ pub fn carries<N: AsRef<str>, V>(headers: &[(N, V)], name: &str) -> bool {
     headers.iter().any(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
 }
 
-fn quota_headers(quota: Quota) -> Vec<(&'static str, String)> {
+/// `x-ratelimit-*` for a caller's most constrained bucket.
+pub fn quota_headers(quota: Quota) -> Vec<(&'static str, String)> {
     vec![
         ("x-ratelimit-limit", quota.limit.to_string()),
         ("x-ratelimit-remaining", quota.remaining.to_string()),
@@ -100,7 +129,9 @@ fn forward<'p>(
     ];
     let set = parts
         .into_iter()
-        .filter_map(|(name, value)| value.filter(|v| !v.is_empty()).map(|v| (name.as_str(), v.to_owned())))
+        .filter_map(|(name, value)| {
+            value.filter(|v| !v.is_empty()).map(|v| (Cow::Borrowed(name.as_str()), v.to_owned()))
+        })
         .collect();
     let remove = if policy.strip_credentials { CREDENTIAL_HEADERS } else { &[] };
     Effects::Forward { set, remove, response }
@@ -113,7 +144,6 @@ mod tests {
     use crate::rate_limit::{Charge, ChargeResult};
     use crate::route::CredentialKind;
     use crate::testing::EveryVar;
-    use std::borrow::Cow;
 
     fn policy(extra: &str) -> Policy {
         Policy::from_json(format!(r#"{{"api_keys":{{}}{extra}}}"#).as_bytes(), &EveryVar("pepper")).unwrap()
@@ -128,11 +158,25 @@ mod tests {
     };
 
     fn allowed(identity: Option<Identity<'static>>) -> Decision<'static> {
-        Decision { route: None, verdict: Verdict::Allow(identity), key_id: None, detail: None, rate: None }
+        Decision {
+            route: None,
+            verdict: Verdict::Allow(identity),
+            key_id: None,
+            detail: None,
+            rate: None,
+            global: None,
+        }
     }
 
     fn denied(code: Code) -> Decision<'static> {
-        Decision { route: None, verdict: Verdict::Deny(code.into()), key_id: None, detail: None, rate: None }
+        Decision {
+            route: None,
+            verdict: Verdict::Deny(code.into()),
+            key_id: None,
+            detail: None,
+            rate: None,
+            global: None,
+        }
     }
 
     #[test]
@@ -143,17 +187,17 @@ mod tests {
         assert_eq!(
             set,
             [
-                ("x-org-id", "o".to_owned()),
-                ("x-account-id", "a".to_owned()),
-                ("x-key-id", "k1".to_owned()),
-                ("x-auth-subject", "k1".to_owned()),
-                ("x-auth-method", "api_key".to_owned()),
+                (Cow::Borrowed("x-org-id"), "o".to_owned()),
+                (Cow::Borrowed("x-account-id"), "a".to_owned()),
+                (Cow::Borrowed("x-key-id"), "k1".to_owned()),
+                (Cow::Borrowed("x-auth-subject"), "k1".to_owned()),
+                (Cow::Borrowed("x-auth-method"), "api_key".to_owned()),
             ]
         );
         assert!(remove.is_empty());
         let scoped = Identity { scopes: Cow::Borrowed("a b"), ..IDENTITY };
         let Effects::Forward { set, .. } = of(&p, &allowed(Some(scoped))) else { panic!() };
-        assert!(set.contains(&("x-auth-scopes", "a b".to_owned())));
+        assert!(set.contains(&(Cow::Borrowed("x-auth-scopes"), "a b".to_owned())));
     }
 
     #[test]
@@ -189,7 +233,7 @@ mod tests {
         assert_eq!(
             of(&shadow, &denied(Code::RevokedApiKey)),
             Effects::Forward {
-                set: vec![("x-edge-auth-shadow", "403 revoked_api_key".into())],
+                set: vec![(Cow::Borrowed("x-edge-auth-shadow"), "403 revoked_api_key".into())],
                 remove: &[],
                 response: vec![]
             }

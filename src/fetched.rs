@@ -3,7 +3,7 @@
 
 use crate::api_key::{KeySet, RecordRules};
 use crate::config::{ConfigError, JwkSetDoc, KeyRecordDoc};
-use crate::jwt::{compile_jwks, VerifyKey};
+use crate::jwt::{verify_keys, VerifyKey};
 use crate::policy::Policy;
 use crate::remote::{Endpoint, Outcome, SharedDocument, MAX_BODY};
 use crate::store::SharedStore;
@@ -86,11 +86,7 @@ pub fn parse(policy: &Policy, kind: Kind, body: &[u8]) -> Result<Document, Confi
         }
         Kind::Jwks(_) => {
             let set: JwkSetDoc = serde_json::from_slice(body).map_err(|e| ConfigError::new("jwks", e.to_string()))?;
-            let keys = compile_jwks(&set, "jwks")?
-                .iter()
-                .enumerate()
-                .map(|(i, jwk)| VerifyKey::new(jwk).map_err(|why| ConfigError::new(format!("jwks.keys[{i}]"), why)))
-                .collect::<Result<_, _>>()?;
+            let keys = verify_keys(&set, "jwks")?;
             Ok(Document::Jwks(keys))
         }
     }

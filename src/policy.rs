@@ -9,7 +9,7 @@ use crate::config::{self, ConfigError, Environment, Mode, PolicyDoc};
 use crate::credential::Prefixes;
 use crate::headers::IdentityHeaders;
 use crate::jwt::{compile_providers, Provider};
-use crate::rate_limit::{PlanId, Plans};
+use crate::rate_limit::{Engine, PlanId, Plans};
 use crate::route::Route;
 
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct Policy {
     pub plans: Plans,
     pub default_plan: Option<PlanId>,
     pub jwt_plan: Option<PlanId>,
+    /// The fleet-wide engine for global buckets.
+    pub engine: Option<Engine>,
     pub routes: Vec<Route>,
 }
 
@@ -41,8 +43,12 @@ impl Policy {
             .map_err(|e| ConfigError::new("account_pattern", format!("invalid regular expression: {e}")))?;
         let identity_headers = IdentityHeaders::compile(&doc.identity_headers)?;
 
+        let engine = match doc.rate_limits.as_ref().and_then(|rl| rl.global.as_ref()) {
+            Some(global) => Some(Engine::compile(global)?),
+            None => None,
+        };
         let plans = match &doc.rate_limits {
-            Some(rl) => Plans::compile(&rl.plans)?,
+            Some(rl) => Plans::compile(&rl.plans, engine.is_some())?,
             None => Plans::default(),
         };
         let plan_ref = |name: Option<&String>, field: &str| -> Result<Option<PlanId>, ConfigError> {
@@ -84,6 +90,7 @@ impl Policy {
             plans,
             default_plan,
             jwt_plan,
+            engine,
             routes,
         })
     }

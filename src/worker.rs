@@ -7,13 +7,16 @@
 //! [`Handled::effects`]. Nothing here knows which host it runs in.
 
 use crate::config::Mode;
-use crate::decision::{decide, Decision, Request, Runtime, Verdict};
-use crate::denial::Code;
+use crate::decision::{decide, Detail, Request, Runtime, Verdict};
+use crate::denial::{Code, Denial};
 use crate::effects::{self, Effects};
 use crate::fetched::{self, Feed, Fetched};
 use crate::jwt::{SignatureHost, TokenCache};
 use crate::policy::Policy;
-use crate::rate_limit::{ChargeResult, Placement};
+use crate::rate_limit::global::{self, Ask, Global};
+use crate::rate_limit::lease;
+use crate::rate_limit::rls_wire::{self, DescriptorStatus, RateLimitResponse};
+use crate::rate_limit::{self, ChargeResult, Engine, FailureMode, Placement, Quota};
 use crate::store::SharedStore;
 use std::cell::{OnceCell, RefCell};
 
@@ -22,6 +25,20 @@ pub trait Stats {
     fn allowed(&self);
     fn denied(&self, code: Code, shadow: bool);
     fn rate_limit(&self, result: &ChargeResult);
+    fn engine(&self, event: EngineEvent);
+}
+
+/// What happened on the way to the fleet-wide engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineEvent {
+    /// A call was made.
+    Asked,
+    /// A leased token was spent instead of a call.
+    Leased,
+    /// A call failed (the failure mode decided).
+    Failed,
+    /// Granted tokens that could not be leased.
+    Stranded(u64),
 }
 
 /// What a request needs from its host.
@@ -53,7 +70,7 @@ pub struct Handled<'w> {
     /// Filter-owned headers the client sent, as it spelled them: remove
     /// them first.
     pub spoofed: Vec<String>,
-    pub effects: Effects<'w>,
+    pub next: Next<'w>,
 }
 
 impl Worker {
@@ -103,18 +120,109 @@ impl Worker {
             placement: self.placement.get(),
         };
         let decision = decide(&self.policy, request, &runtime);
-        self.record(&decision, host);
-        Handled {
-            spoofed: effects::spoofed(&self.policy, request.headers),
-            effects: effects::of(&self.policy, &decision),
-        }
-    }
-
-    fn record(&self, decision: &Decision<'_>, host: &Host<'_>) {
         if let Some(rate) = &decision.rate {
             host.stats.rate_limit(rate);
         }
-        let Verdict::Deny(denial) = &decision.verdict else {
+        let spoofed = effects::spoofed(&self.policy, request.headers);
+        let effects = effects::of(&self.policy, &decision);
+        let local = decision.quota();
+        let next = match (decision.global, &self.policy.engine) {
+            (Some(Global::Ask(ask)), Some(engine)) => {
+                host.stats.engine(EngineEvent::Asked);
+                let pending = Pending {
+                    forward: effects.into_owned(),
+                    local,
+                    route: decision.route,
+                    key_id: decision.key_id.map(str::to_owned),
+                };
+                Next::Ask(EngineCall::new(&self.policy, engine, ask, pending))
+            }
+            (global, _) => {
+                if global == Some(Global::Leased) {
+                    host.stats.engine(EngineEvent::Leased);
+                }
+                let denial = match &decision.verdict {
+                    Verdict::Allow(_) => None,
+                    Verdict::Deny(denial) => Some(denial),
+                };
+                self.record(denial, decision.route, decision.key_id, decision.detail, host);
+                Next::Apply(effects)
+            }
+        };
+        Handled { spoofed, next }
+    }
+
+    /// Finishes a request once the engine answered (`Err` when the call
+    /// failed: timeout, reset, an error status).
+    pub fn settle(&self, call: EngineCall, answer: Result<&[u8], CallFailed>, host: &Host<'_>) -> Settled {
+        let EngineCall { ask, pending, .. } = call;
+        let Some(plan) = self.policy.plans.get(ask.plan) else {
+            return Settled::Done(self.refuse(&pending, Code::RateLimitUnavailable.into(), None, host));
+        };
+        let response = answer.ok().and_then(|bytes| RateLimitResponse::decode(bytes).ok());
+        match response {
+            Some(response) if response.overall == rls_wire::Code::Ok => {
+                let stranded = lease::grant(host.store, plan, ask.caller, ask.hits, host.now_ns);
+                if stranded > 0 {
+                    host.stats.engine(EngineEvent::Stranded(stranded));
+                }
+                // Leased tokens are still the caller's to spend.
+                let leased = u64::from(ask.hits).saturating_sub(1);
+                let global = response.statuses.iter().map(|s| quota_of(s, s.remaining.saturating_add(leased)));
+                let quota = pending.local.into_iter().chain(global).min_by_key(|q| q.remaining);
+                self.record(None, pending.route, pending.key_id.as_deref(), None, host);
+                Settled::Done(with_quota(pending.forward, quota))
+            }
+            Some(response) if response.overall == rls_wire::Code::OverLimit && ask.hits > 1 => {
+                // A lease that no longer fits may still leave room for this request.
+                let again = Ask { hits: 1, ..ask };
+                host.stats.engine(EngineEvent::Asked);
+                Settled::Again(EngineCall::new(&self.policy, self.engine(), again, pending))
+            }
+            Some(response) if response.overall == rls_wire::Code::OverLimit => {
+                let over = response.statuses.iter().filter(|s| s.code == rls_wire::Code::OverLimit);
+                let retry_ns = over.clone().map(|s| s.until_reset_ns).max().unwrap_or(0);
+                let quota = over.map(|s| quota_of(s, 0)).next();
+                rate_limit::refund(host.store, plan, ask.caller, host.now_ns);
+                let denial = Denial::rate_limited(retry_ns.div_ceil(NANOS));
+                Settled::Done(self.refuse(&pending, denial, quota, host))
+            }
+            // No answer, an error, or one that says nothing: the failure mode decides.
+            _ => {
+                host.stats.engine(EngineEvent::Failed);
+                match self.policy.engine.as_ref().map(|e| e.failure_mode) {
+                    Some(FailureMode::Allow) => {
+                        self.record(None, pending.route, pending.key_id.as_deref(), None, host);
+                        Settled::Done(pending.forward)
+                    }
+                    _ => {
+                        rate_limit::refund(host.store, plan, ask.caller, host.now_ns);
+                        Settled::Done(self.refuse(&pending, Code::RateLimitUnavailable.into(), None, host))
+                    }
+                }
+            }
+        }
+    }
+
+    fn engine(&self) -> &Engine {
+        self.policy.engine.as_ref().unwrap_or(&NO_ENGINE)
+    }
+
+    fn refuse(&self, pending: &Pending, denial: Denial, quota: Option<Quota>, host: &Host<'_>) -> Effects<'static> {
+        self.record(Some(&denial), pending.route, pending.key_id.as_deref(), None, host);
+        effects::denied(&self.policy, &denial, quota)
+    }
+
+    /// Counts a decision and logs a denial (one line, never the credential).
+    fn record(
+        &self,
+        denial: Option<&Denial>,
+        route: Option<usize>,
+        key_id: Option<&str>,
+        detail: Option<Detail>,
+        host: &Host<'_>,
+    ) {
+        let Some(denial) = denial else {
             host.stats.allowed();
             return;
         };
@@ -125,9 +233,83 @@ impl Worker {
             if shadow { "shadow-deny" } else { "deny" },
             denial.code.as_str(),
             host.context_id,
-            decision.route.map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
-            decision.key_id.unwrap_or("-"),
-            decision.detail.map_or_else(|| "-".to_owned(), |d| d.to_string()),
+            route.map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
+            key_id.unwrap_or("-"),
+            detail.map_or_else(|| "-".to_owned(), |d| d.to_string()),
         );
     }
+}
+
+const NANOS: u64 = 1_000_000_000;
+
+/// Never used: a plan with global buckets compiles only with an engine.
+static NO_ENGINE: Engine =
+    Engine { cluster: String::new(), timeout: std::time::Duration::ZERO, failure_mode: FailureMode::Deny };
+
+/// A global bucket's state as the engine reported it, with `remaining` tokens.
+fn quota_of(status: &DescriptorStatus, remaining: u64) -> Quota {
+    Quota { limit: status.limit, remaining, reset_s: status.until_reset_ns.div_ceil(NANOS) }
+}
+
+/// Forwarding effects with the `x-ratelimit-*` of `quota` instead of theirs.
+fn with_quota(effects: Effects<'static>, quota: Option<Quota>) -> Effects<'static> {
+    match effects {
+        Effects::Forward { set, remove, .. } => {
+            Effects::Forward { set, remove, response: quota.map(effects::quota_headers).unwrap_or_default() }
+        }
+        reply @ Effects::Reply(_) => reply,
+    }
+}
+
+/// What the host does next with a request.
+pub enum Next<'w> {
+    /// Apply these effects now.
+    Apply(Effects<'w>),
+    /// Pause the request, make this engine call, and hand its answer to
+    /// [`Worker::settle`].
+    Ask(EngineCall),
+}
+
+/// A gRPC call to the fleet-wide engine, and the request waiting on it.
+pub struct EngineCall {
+    pub cluster: String,
+    pub timeout: std::time::Duration,
+    /// The serialised `RateLimitRequest`.
+    pub message: Vec<u8>,
+    ask: Ask,
+    pending: Pending,
+}
+
+impl EngineCall {
+    fn new(policy: &Policy, engine: &Engine, ask: Ask, pending: Pending) -> Self {
+        let message = policy.plans.get(ask.plan).map(|plan| global::request(plan, &ask.name, ask.hits));
+        Self {
+            cluster: engine.cluster.clone(),
+            timeout: engine.timeout,
+            message: message.unwrap_or_default(),
+            ask,
+            pending,
+        }
+    }
+}
+
+/// What a request that waits on the engine carries.
+struct Pending {
+    /// The effects if the engine admits the request.
+    forward: Effects<'static>,
+    /// The caller's most constrained local bucket.
+    local: Option<Quota>,
+    route: Option<usize>,
+    key_id: Option<String>,
+}
+
+/// An engine call that produced no answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallFailed;
+
+/// How a request that waited on the engine ends.
+pub enum Settled {
+    Done(Effects<'static>),
+    /// Ask again (a lease the engine refused; now for the request alone).
+    Again(EngineCall),
 }

@@ -46,8 +46,6 @@ const JWS_DEPARTURES: &[(u64, Departure)] = &[
     (373, Departure::Refused("strict base64url: '?' inside the payload")),
     // `key_ops: ["encrypt"]` without `use`: JwkDoc has no `key_ops`, so the
     // key verifies. Known gap; the fix needs src/config/schema.rs.
-    (355, Departure::Accepted("key_ops not read: RSA key for encryption verifies (gap)")),
-    (356, Departure::Accepted("key_ops not read: EC key for encryption verifies (gap)")),
 ];
 
 /// JWK vectors the filter answers otherwise than the file, and why.

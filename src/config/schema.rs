@@ -186,6 +186,7 @@ pub struct JwkDoc {
     pub alg: Option<String>,
     #[serde(rename = "use")]
     pub use_: Option<String>,
+    pub key_ops: Option<Vec<String>>,
     pub k: Option<String>,
     pub n: Option<String>,
     pub e: Option<String>,
@@ -201,6 +202,44 @@ pub struct RateLimitsDoc {
     pub plans: BTreeMap<String, Vec<BucketDoc>>,
     pub default_plan: Option<String>,
     pub jwt_plan: Option<String>,
+    /// The fleet-wide engine that charges `"scope": "global"` buckets.
+    pub global: Option<GlobalDoc>,
+}
+
+/// Where a bucket's state lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ScopeDoc {
+    /// Shared data: every worker of one Envoy.
+    #[default]
+    Local,
+    /// The fleet-wide engine (Envoy's rate-limit service protocol).
+    Global,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureModeDoc {
+    /// Answer 503 `rate_limit_unavailable` when the engine cannot answer.
+    #[default]
+    Deny,
+    /// Let the request through, counted.
+    Allow,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalDoc {
+    /// The Envoy cluster (HTTP/2) of the rate-limit service.
+    pub cluster: String,
+    #[serde(default = "default_global_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub failure_mode: FailureModeDoc,
+}
+
+fn default_global_timeout_ms() -> u64 {
+    50
 }
 
 #[derive(Debug, PartialEq, Deserialize, Serialize)]
@@ -209,6 +248,12 @@ pub struct BucketDoc {
     pub name: String,
     pub requests: u64,
     pub per_s: u64,
+    #[serde(default, skip_serializing_if = "is_local")]
+    pub scope: ScopeDoc,
+}
+
+fn is_local(scope: &ScopeDoc) -> bool {
+    *scope == ScopeDoc::Local
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]

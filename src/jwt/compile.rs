@@ -1,6 +1,6 @@
 //! JWT providers as configured: checked once, at configuration.
 
-use super::{compile_jwks, Algorithm, Provider, VerifyKey};
+use super::{verify_keys, Algorithm, Provider};
 use crate::config::{ConfigError, ProviderDoc};
 use crate::headers::check_header_name;
 use crate::remote::Endpoint;
@@ -45,13 +45,7 @@ pub fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigEr
             return Err(ConfigError::new(at("jwks"), "a provider needs jwks, jwks_source, or both"));
         }
         let keys = match &doc.jwks {
-            Some(set) => compile_jwks(set, &at("jwks"))?
-                .iter()
-                .enumerate()
-                .map(|(j, jwk)| {
-                    VerifyKey::new(jwk).map_err(|why| ConfigError::new(at(&format!("jwks.keys[{j}]")), why))
-                })
-                .collect::<Result<_, _>>()?,
+            Some(set) => verify_keys(set, &at("jwks"))?,
             None => Vec::new(),
         };
         let jwks_source =

@@ -109,6 +109,9 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
         if doc.use_.as_deref().is_some_and(|u| u != "sig") {
             return Err(ConfigError::new(at("use"), "only signature keys (\"sig\") can verify tokens"));
         }
+        if doc.key_ops.as_ref().is_some_and(|ops| !ops.iter().any(|op| op == "verify")) {
+            return Err(ConfigError::new(at("key_ops"), "only keys for \"verify\" can verify tokens"));
+        }
         if let Some(kid) = &doc.kid {
             if !kids.insert(kid.clone()) {
                 return Err(ConfigError::new(at("kid"), format!("duplicate kid '{kid}'")));

@@ -66,6 +66,11 @@ impl Gcra {
         }
     }
 
+    /// The TAT before a token taken by [`Gcra::check`] was taken.
+    pub fn give_back(&self, tat: Tat) -> Tat {
+        tat.saturating_sub(self.interval)
+    }
+
     /// Tokens left and nanoseconds until full, without taking one.
     pub fn peek(&self, tat: Tat, now_ns: u64) -> (u64, u128) {
         let ahead = tat.saturating_sub(self.scaled(now_ns)).min(self.tolerance());

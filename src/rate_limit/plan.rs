@@ -1,7 +1,7 @@
 //! Plans as configured: each bucket holds `requests` tokens and refills at
 //! `requests / per_s` per second. Zero sizes are refused at configuration.
 
-use crate::config::{BucketDoc, ConfigError};
+use crate::config::{BucketDoc, ConfigError, ScopeDoc};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::num::NonZeroU64;
@@ -20,7 +20,10 @@ pub struct Bucket {
 #[derive(Debug)]
 pub struct Plan {
     pub name: String,
+    /// Buckets kept in shared data, exact across one Envoy's workers.
     pub buckets: Vec<Bucket>,
+    /// `"scope": "global"` buckets, charged in the fleet-wide engine.
+    pub global: Vec<Bucket>,
     /// Names the plan's shape in stored state, so a changed plan starts afresh
     /// instead of reading buckets of another size.
     pub fingerprint: u64,
@@ -37,7 +40,9 @@ const MAX_REQUESTS: u64 = 1 << 40;
 const MAX_PERIOD_S: u64 = 366 * 86_400;
 
 impl Plans {
-    pub fn compile(docs: &BTreeMap<String, Vec<BucketDoc>>) -> Result<Self, ConfigError> {
+    /// Compiles `rate_limits.plans`; `engine` says whether
+    /// `rate_limits.global` names an engine for global buckets.
+    pub fn compile(docs: &BTreeMap<String, Vec<BucketDoc>>, engine: bool) -> Result<Self, ConfigError> {
         let mut plans = Vec::with_capacity(docs.len());
         for (name, buckets) in docs {
             let at = |i: usize, field: &str| format!("rate_limits.plans.{name}[{i}].{field}");
@@ -47,9 +52,9 @@ impl Plans {
             if buckets.is_empty() {
                 return Err(ConfigError::new(format!("rate_limits.plans.{name}"), "a plan needs at least one bucket"));
             }
-            let mut compiled: Vec<Bucket> = Vec::with_capacity(buckets.len());
+            let (mut compiled, mut global): (Vec<Bucket>, Vec<Bucket>) = (Vec::new(), Vec::new());
             for (i, doc) in buckets.iter().enumerate() {
-                if compiled.iter().any(|b| b.name == doc.name) {
+                if compiled.iter().chain(&global).any(|b| b.name == doc.name) {
                     return Err(ConfigError::new(at(i, "name"), format!("duplicate bucket '{}'", doc.name)));
                 }
                 let requests = NonZeroU64::new(doc.requests)
@@ -58,10 +63,24 @@ impl Plans {
                 let per_s = NonZeroU64::new(doc.per_s)
                     .filter(|p| p.get() <= MAX_PERIOD_S)
                     .ok_or_else(|| ConfigError::new(at(i, "per_s"), format!("must be 1 to {MAX_PERIOD_S}")))?;
-                compiled.push(Bucket { name: doc.name.clone(), requests, per_s });
+                let bucket = Bucket { name: doc.name.clone(), requests, per_s };
+                match doc.scope {
+                    ScopeDoc::Local => compiled.push(bucket),
+                    ScopeDoc::Global if !engine => {
+                        return Err(ConfigError::new(at(i, "scope"), "\"global\" needs rate_limits.global"));
+                    }
+                    // The protocol carries limits as 32-bit numbers.
+                    ScopeDoc::Global if doc.requests > u64::from(u32::MAX) => {
+                        return Err(ConfigError::new(
+                            at(i, "requests"),
+                            format!("a global bucket holds 1 to {}", u32::MAX),
+                        ));
+                    }
+                    ScopeDoc::Global => global.push(bucket),
+                }
             }
-            let fingerprint = fingerprint(name, &compiled);
-            plans.push(Plan { name: name.clone(), buckets: compiled, fingerprint });
+            let fingerprint = fingerprint(name, &compiled, &global);
+            plans.push(Plan { name: name.clone(), buckets: compiled, global, fingerprint });
         }
         Ok(Self { plans })
     }
@@ -80,11 +99,11 @@ impl Plans {
     }
 }
 
-fn fingerprint(name: &str, buckets: &[Bucket]) -> u64 {
+fn fingerprint(name: &str, local: &[Bucket], global: &[Bucket]) -> u64 {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
-    for bucket in buckets {
-        hasher.update([0]);
+    for (scope, bucket) in local.iter().map(|b| (0, b)).chain(global.iter().map(|b| (1, b))) {
+        hasher.update([scope]);
         hasher.update(bucket.requests.get().to_le_bytes());
         hasher.update(bucket.per_s.get().to_le_bytes());
     }
@@ -100,9 +119,15 @@ mod tests {
         serde_json::from_str(json).unwrap()
     }
 
+    impl Plans {
+        fn compile_local(docs: &BTreeMap<String, Vec<BucketDoc>>) -> Result<Self, ConfigError> {
+            Self::compile(docs, false)
+        }
+    }
+
     #[test]
     fn compiles_and_finds_plans() {
-        let plans = Plans::compile(&docs(
+        let plans = Plans::compile_local(&docs(
             r#"{"standard":[{"name":"burst","requests":20,"per_s":10},{"name":"day","requests":5000,"per_s":86400}]}"#,
         ))
         .unwrap();
@@ -113,7 +138,7 @@ mod tests {
 
     #[test]
     fn refuses_zero_and_duplicate_buckets() {
-        let err = |json| Plans::compile(&docs(json)).unwrap_err().to_string();
+        let err = |json| Plans::compile_local(&docs(json)).unwrap_err().to_string();
         assert_eq!(
             err(r#"{"p":[{"name":"a","requests":0,"per_s":1}]}"#),
             format!("rate_limits.plans.p[0].requests: must be 1 to {MAX_REQUESTS}")

@@ -175,6 +175,30 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
     ChargeResult { charge: retried.value.unwrap_or(Charge::Contended), conflicts: retried.conflicts }
 }
 
+/// Gives back the token [`charge`] took from every bucket of `plan` (the
+/// fleet-wide engine refused the request the local buckets admitted), so a
+/// refusal by one scope takes nothing from the other. Returns whether a token
+/// was given back.
+pub fn refund(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u64) -> bool {
+    let gcras: Vec<Gcra> = plan.buckets.iter().map(Gcra::new).collect();
+    let attempt = || -> Result<bool, Conflict> {
+        let Ok(Slot { key, cas, tats, clock_ns }) = find_slot(store, plan, caller, &gcras, now_ns) else {
+            return Ok(false);
+        };
+        if clock_ns == 0 {
+            return Ok(false); // Nothing of this caller's is stored.
+        }
+        let now_ns = now_ns.max(clock_ns);
+        let tats: Vec<Tat> = gcras.iter().zip(&tats).map(|(g, &tat)| g.give_back(tat)).collect();
+        let full_in_ns = gcras.iter().zip(&tats).map(|(g, &tat)| g.peek(tat, now_ns).1).max().unwrap_or(0);
+        let idle_at_ns = now_ns.saturating_add(u64::try_from(full_in_ns).unwrap_or(u64::MAX));
+        let entry = Entry { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, clock_ns: now_ns, tats };
+        store.set(&key, &entry.encode(), cas)?;
+        Ok(true)
+    };
+    retry(MAX_ATTEMPTS, attempt).value.unwrap_or(false)
+}
+
 /// Where a charge writes, with the CAS condition, and the buckets it finds.
 struct Slot {
     key: String,
@@ -271,7 +295,7 @@ fn ceil_seconds(ns: u128) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::BucketDoc;
+    use crate::config::{BucketDoc, ScopeDoc};
     use crate::rate_limit::{Placement, Plans};
     use crate::store::MemoryStore;
     use std::cell::Cell;
@@ -285,9 +309,9 @@ mod tests {
         let docs = buckets
             .iter()
             .enumerate()
-            .map(|(i, &(requests, per_s))| BucketDoc { name: format!("b{i}"), requests, per_s })
+            .map(|(i, &(requests, per_s))| BucketDoc { name: format!("b{i}"), requests, per_s, scope: ScopeDoc::Local })
             .collect();
-        Plans::compile(&BTreeMap::from([("p".to_owned(), docs)])).unwrap()
+        Plans::compile(&BTreeMap::from([("p".to_owned(), docs)]), false).unwrap()
     }
 
     fn plan(p: &Plans) -> &Plan {

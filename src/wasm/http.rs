@@ -1,5 +1,5 @@
 //! Per-request glue: reads the request headers, lets the worker decide, and
-//! applies what it says.
+//! applies what it says, calling the fleet-wide engine when it asks to.
 
 use super::metrics::Metrics;
 use super::shared::HostStore;
@@ -7,7 +7,8 @@ use super::signatures::EnvoySignatures;
 use crate::decision::Request;
 use crate::denial::{Code, Denial, Reply};
 use crate::effects::{carries, Effects};
-use crate::worker::{Host, Worker};
+use crate::rate_limit::global::{METHOD, SERVICE};
+use crate::worker::{CallFailed, EngineCall, Host, Next, Settled, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::borrow::Cow;
@@ -18,6 +19,10 @@ pub struct HttpFilter {
     worker: Option<Rc<Worker>>,
     metrics: Option<Rc<Metrics>>,
     signatures: Rc<EnvoySignatures>,
+    /// Credential headers the request carries (for `strip_credentials`).
+    credentials: Vec<&'static str>,
+    /// The engine call in flight, with its gRPC token.
+    waiting: Option<(u32, EngineCall)>,
     /// Added to upstream's response (`x-ratelimit-*`).
     response_headers: Vec<(&'static str, String)>,
 }
@@ -29,7 +34,15 @@ impl HttpFilter {
         metrics: Option<Rc<Metrics>>,
         signatures: Rc<EnvoySignatures>,
     ) -> Self {
-        Self { context_id, worker, metrics, signatures, response_headers: Vec::new() }
+        Self {
+            context_id,
+            worker,
+            metrics,
+            signatures,
+            credentials: Vec::new(),
+            waiting: None,
+            response_headers: Vec::new(),
+        }
     }
 
     fn send(&self, reply: &Reply) -> Action {
@@ -37,9 +50,74 @@ impl HttpFilter {
         self.send_http_response(reply.status, headers, Some(reply.body.as_bytes()));
         Action::Pause
     }
+
+    fn host<'a>(&'a self, metrics: &'a Metrics) -> Host<'a> {
+        Host {
+            now_ns: super::now_ns(),
+            store: &HostStore,
+            signatures: self.signatures.as_ref(),
+            stats: metrics,
+            context_id: self.context_id,
+        }
+    }
+
+    fn apply(&mut self, effects: Effects<'_>) -> Action {
+        match effects {
+            Effects::Forward { set, remove, response } => {
+                self.response_headers = response;
+                for name in remove.iter().filter(|name| self.credentials.contains(name)) {
+                    self.set_http_request_header(name, None);
+                }
+                for (name, value) in &set {
+                    self.set_http_request_header(name, Some(value));
+                }
+                Action::Continue
+            }
+            Effects::Reply(reply) => self.send(&reply),
+        }
+    }
+
+    /// Sends an engine call and pauses the request until it is answered.
+    fn ask(&mut self, worker: &Worker, metrics: &Metrics, call: EngineCall) -> Action {
+        let sent = self.dispatch_grpc_call(&call.cluster, SERVICE, METHOD, vec![], Some(&call.message), call.timeout);
+        match sent {
+            Ok(token) => {
+                self.waiting = Some((token, call));
+                Action::Pause
+            }
+            Err(status) => {
+                log::warn!("edge-auth: rate-limit engine {}: cannot call: {status:?}", call.cluster);
+                let settled = worker.settle(call, Err(CallFailed), &self.host(metrics));
+                self.finish(worker, metrics, settled)
+            }
+        }
+    }
+
+    fn finish(&mut self, worker: &Worker, metrics: &Metrics, settled: Settled) -> Action {
+        match settled {
+            Settled::Done(effects) => self.apply(effects),
+            Settled::Again(call) => self.ask(worker, metrics, call),
+        }
+    }
 }
 
-impl Context for HttpFilter {}
+impl Context for HttpFilter {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let (Some(worker), Some(metrics)) = (self.worker.clone(), self.metrics.clone()) else { return };
+        let Some((token, call)) = self.waiting.take() else { return };
+        if token != token_id {
+            self.waiting = Some((token, call));
+            return;
+        }
+        // gRPC status 0 is OK; anything else is the engine failing.
+        let body = if status_code == 0 { self.get_grpc_call_response_body(0, response_size) } else { None };
+        let answer = body.as_deref().ok_or(CallFailed);
+        let settled = worker.settle(call, answer, &self.host(&metrics));
+        if self.finish(&worker, &metrics, settled) == Action::Continue {
+            self.resume_http_request();
+        }
+    }
+}
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
@@ -49,36 +127,21 @@ impl HttpContext for HttpFilter {
         };
         // Byte getters: the string ones panic on non-UTF-8 values.
         let headers = self.get_http_request_headers_bytes();
-        // Lossy, not empty: a path with stray bytes keeps its prefix, so it
-        // still matches the route upstream will serve it under.
+        // Lossy: stray bytes become U+FFFD, which the path check refuses.
         let pseudo = |name: &str| {
             headers.iter().find(|(n, _)| n == name).map_or(Cow::Borrowed(""), |(_, v)| String::from_utf8_lossy(v))
         };
         let (method, path) = (pseudo(":method"), pseudo(":path"));
         let request = Request { method: &method, path: &path, headers: &headers };
-        let host = Host {
-            now_ns: super::now_ns(),
-            store: &HostStore,
-            signatures: self.signatures.as_ref(),
-            stats: metrics.as_ref(),
-            context_id: self.context_id,
-        };
-        let handled = worker.handle(&request, &host);
+        let handled = worker.handle(&request, &self.host(&metrics));
         for name in &handled.spoofed {
             self.set_http_request_header(name, None);
         }
-        match handled.effects {
-            Effects::Forward { set, remove, response } => {
-                self.response_headers = response;
-                for name in remove.iter().filter(|name| carries(&headers, name)) {
-                    self.set_http_request_header(name, None);
-                }
-                for (name, value) in &set {
-                    self.set_http_request_header(name, Some(value));
-                }
-                Action::Continue
-            }
-            Effects::Reply(reply) => self.send(&reply),
+        self.credentials =
+            crate::effects::CREDENTIAL_HEADERS.iter().copied().filter(|n| carries(&headers, n)).collect();
+        match handled.next {
+            Next::Apply(effects) => self.apply(effects),
+            Next::Ask(call) => self.ask(&worker, &metrics, call),
         }
     }
 

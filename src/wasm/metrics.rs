@@ -5,7 +5,7 @@
 use crate::denial::Code;
 use crate::fetched::Kind;
 use crate::rate_limit::{Charge, ChargeResult};
-use crate::worker::Stats;
+use crate::worker::{EngineEvent, Stats};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
 
@@ -14,6 +14,10 @@ pub struct Metrics {
     denied: [u32; Code::ALL.len()],
     shadow_denied: [u32; Code::ALL.len()],
     cas_conflicts: u32,
+    engine_calls: u32,
+    engine_leased: u32,
+    engine_failed: u32,
+    lease_stranded: u32,
     table_full: u32,
     contended: u32,
     keyset_ok: u32,
@@ -40,6 +44,10 @@ impl Metrics {
             denied: per_code("edge_auth.denied")?,
             shadow_denied: per_code("edge_auth.shadow_denied")?,
             cas_conflicts: counter("edge_auth.rate_limit.cas_conflicts")?,
+            engine_calls: counter("edge_auth.rate_limit.global.calls")?,
+            engine_leased: counter("edge_auth.rate_limit.global.leased")?,
+            engine_failed: counter("edge_auth.rate_limit.global.failed")?,
+            lease_stranded: counter("edge_auth.rate_limit.global.stranded")?,
             table_full: counter("edge_auth.rate_limit.table_full")?,
             contended: counter("edge_auth.rate_limit.contended")?,
             keyset_ok: counter("edge_auth.keyset.refresh_ok")?,
@@ -87,6 +95,17 @@ impl Stats for Metrics {
             Charge::TableFull { .. } => bump(self.table_full),
             Charge::Contended => bump(self.contended),
             Charge::Admitted(_) | Charge::Limited { .. } => {}
+        }
+    }
+
+    fn engine(&self, event: EngineEvent) {
+        match event {
+            EngineEvent::Asked => bump(self.engine_calls),
+            EngineEvent::Leased => bump(self.engine_leased),
+            EngineEvent::Failed => bump(self.engine_failed),
+            EngineEvent::Stranded(tokens) => {
+                let _ = hostcalls::increment_metric(self.lease_stranded, i64::try_from(tokens).unwrap_or(i64::MAX));
+            }
         }
     }
 }

@@ -73,7 +73,7 @@ mod tests {
         // 10 per second: one token is 100 ms of refill.
         let c = charge(10, 1, 1);
         let full = c.limit.capacity();
-        let r = response(&[c.clone()], &Outcome { admitted: true, before: vec![full] });
+        let r = response(&[c], &Outcome { admitted: true, before: vec![full] });
         assert_eq!(r.overall_code, Code::Ok as i32);
         let s = &r.statuses[0];
         assert_eq!((s.code, s.limit_remaining), (Code::Ok as i32, 9));
@@ -103,7 +103,7 @@ mod tests {
     #[test]
     fn a_cost_above_the_bucket_waits_for_a_full_bucket() {
         let c = charge(10, 1, 11);
-        let r = response(&[c.clone()], &Outcome { admitted: false, before: vec![0] });
+        let r = response(&[c], &Outcome { admitted: false, before: vec![0] });
         assert_eq!(r.statuses[0].code, Code::OverLimit as i32);
         assert_eq!(micros(&r.statuses[0].duration_until_reset), 1_000_000);
     }

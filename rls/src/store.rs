@@ -23,7 +23,8 @@ pub struct Store {
 
 enum Backend {
     Single(ConnectionManager),
-    Cluster { client: ClusterClient, connection: OnceCell<ClusterConnection> },
+    // Boxed: the cluster client is large, and a store holds one backend for its life.
+    Cluster { client: Box<ClusterClient>, connection: OnceCell<ClusterConnection> },
 }
 
 /// Why a charge did not happen.
@@ -79,7 +80,7 @@ impl Store {
                     .response_timeout(CALL_TIMEOUT)
                     .retries(2)
                     .build()?;
-                Backend::Cluster { client, connection: OnceCell::new() }
+                Backend::Cluster { client: Box::new(client), connection: OnceCell::new() }
             }
         };
         Ok(Self { backend, script: ChargeScript::default() })

@@ -4,8 +4,6 @@
 //! reads or sets (quota, headers to add, raw body, dynamic metadata) are left out:
 //! protobuf skips unknown fields, and absent ones encode the same as unset.
 
-#![allow(clippy::all, missing_docs)]
-
 /// `envoy.service.ratelimit.v3.RateLimitRequest`.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct RateLimitRequest {

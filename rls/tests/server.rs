@@ -1,5 +1,8 @@
 //! `edge-auth rls` against one real redis-server, with several instances.
 
+// Test code throughout, helpers included (clippy.toml allows these in #[test] fns only).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+
 #[path = "support/service.rs"]
 mod service;
 mod support;

@@ -69,8 +69,8 @@ pub fn main(args: &[&str]) -> Result<(), Error> {
         let mut terminate = signal(SignalKind::terminate()).map_err(Error::Runtime)?;
         let listening = bind(&options).await?;
         let metrics = listening.metrics_addr().map(|a| format!(", metrics on http://{a}/metrics")).unwrap_or_default();
-        let redis = if options.redis.len() == 1 { "1 redis url" } else { "redis cluster seeds" };
-        eprintln!("edge-auth rls: serving on {}{metrics} ({redis})", options.listen);
+        let grpc = listening.grpc_addr().unwrap_or(options.listen);
+        eprintln!("edge-auth rls: serving on {grpc}{metrics} ({} redis url(s))", options.redis.len());
         let stop = async {
             tokio::select! {
                 _ = interrupt.recv() => {}

@@ -19,6 +19,8 @@ usage:
   edge-auth key hash KEY|-          (- reads the key from standard input)
   edge-auth policy check FILE
   edge-auth policy diff OLD NEW      (what a rollout changes; both must pass check)
+  edge-auth rls --listen ADDR --redis URL [--redis URL ...] [--metrics ADDR]
+                                     (the fleet-wide rate-limit service; until SIGTERM)
 
 The pepper is read from $EDGE_AUTH_PEPPER.";
 
@@ -36,6 +38,10 @@ fn main() -> ExitCode {
         ["key", "hash", key] => key_hash(key),
         ["policy", "check", file] => policy_check(file),
         ["policy", "diff", old, new] => policy_diff(old, new),
+        ["rls", rest @ ..] => edge_auth_rls::main(rest).map_err(|e| match e {
+            edge_auth_rls::Error::Usage(_) => Failure::Usage(e.to_string()),
+            _ => Failure::Failed(e.to_string()),
+        }),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             Ok(())

@@ -40,10 +40,10 @@ lint: toolchain
 	cargo clippy --all-targets -- -D warnings
 	cargo clippy --release --target $(CARGO_TARGET) -p edge-auth --lib -- -D warnings
 
-unit:
+unit: redis-tools
 	cargo test
 
-e2e: wasm cli venv
+e2e: wasm cli venv redis-tools
 	cd e2e && ../$(PYTHON) -m pytest -q
 
 # Host micro-benchmarks, then the module beside plain Envoy and Envoy's native

@@ -51,9 +51,24 @@ class Process:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def cluster_port():
+    """A free port whose cluster-bus port (+10000) is free and valid too."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no port pair for a Redis Cluster node")
+
+
 class RedisServer(Process):
-    def __init__(self, *extra):
-        self.port = free_port()
+    def __init__(self, *extra, port=None):
+        self.port = port or free_port()
         super().__init__([
             _require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", *extra,
@@ -69,8 +84,8 @@ class RedisCluster:
     """Three masters, slots spread by redis-cli, no replicas."""
 
     def __init__(self):
-        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
-                      for _ in range(3)]
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                  port=cluster_port()) for _ in range(3)]
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run([_require("redis-cli"), "--cluster", "create", *addresses, "--cluster-replicas", "0",
                         "--cluster-yes"], check=True, capture_output=True, timeout=30)

@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm cli venv toolchain run test lint unit e2e redis-tools bench bench-tools bench-envoy oci fuzz clean
+.PHONY: all wasm cli venv toolchain run test lint unit e2e redis-tools bench bench-tools bench-fleet bench-envoy oci fuzz clean
 
 all: wasm cli
 
@@ -65,6 +65,11 @@ redis-tools:
 bench-tools:
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq wrk nginx-light >/dev/null; }
+
+# A hot key through the fleet-wide limiter: local buckets, global with and
+# without leases, and Envoy's native ratelimit filter on the same edge-auth rls.
+bench-fleet: wasm cli venv bench-tools redis-tools
+	$(PYTHON) bench/fleet.py
 
 bench-envoy: wasm cli venv
 	$(PYTHON) bench/jwt_in_envoy.py

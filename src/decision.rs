@@ -361,8 +361,9 @@ fn admit<'p>(
         // waves through.
         Some(Charge::Contended) => Verdict::Deny(Denial::rate_limited(1)),
     };
+    let max_lease = policy.engine.as_ref().map_or(1, |engine| engine.max_lease);
     let global = match (&verdict, plan.global.is_empty()) {
-        (Verdict::Allow(_), false) => Some(match lease::take(runtime.store, plan, caller, runtime.now_ns) {
+        (Verdict::Allow(_), false) => Some(match lease::take(runtime.store, plan, max_lease, caller, runtime.now_ns) {
             Take::Spent => Global::Leased,
             Take::Ask { hits } => Global::Ask(Ask { plan: plan_id, caller, name, hits }),
         }),

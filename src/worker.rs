@@ -156,7 +156,9 @@ impl Worker {
     /// failed: timeout, reset, an error status).
     pub fn settle(&self, call: EngineCall, answer: Result<&[u8], CallFailed>, host: &Host<'_>) -> Settled {
         let EngineCall { ask, pending, .. } = call;
-        let Some(plan) = self.policy.plans.get(ask.plan) else {
+        // Both exist: a call is made only for a plan with global buckets,
+        // which compiles only with an engine.
+        let (Some(plan), Some(engine)) = (self.policy.plans.get(ask.plan), &self.policy.engine) else {
             return Settled::Done(self.refuse(&pending, Code::RateLimitUnavailable.into(), None, host));
         };
         let response = answer.ok().and_then(|bytes| RateLimitResponse::decode(bytes).ok());
@@ -177,7 +179,7 @@ impl Worker {
                 // A lease that no longer fits may still leave room for this request.
                 let again = Ask { hits: 1, ..ask };
                 host.stats.engine(EngineEvent::Asked);
-                Settled::Again(EngineCall::new(&self.policy, self.engine(), again, pending))
+                Settled::Again(EngineCall::new(&self.policy, engine, again, pending))
             }
             Some(response) if response.overall == rls_wire::Code::OverLimit => {
                 let over = response.statuses.iter().filter(|s| s.code == rls_wire::Code::OverLimit);
@@ -190,22 +192,18 @@ impl Worker {
             // No answer, an error, or one that says nothing: the failure mode decides.
             _ => {
                 host.stats.engine(EngineEvent::Failed);
-                match self.policy.engine.as_ref().map(|e| e.failure_mode) {
-                    Some(FailureMode::Allow) => {
+                match engine.failure_mode {
+                    FailureMode::Allow => {
                         self.record(None, pending.route, pending.key_id.as_deref(), None, host);
                         Settled::Done(pending.forward)
                     }
-                    _ => {
+                    FailureMode::Deny => {
                         rate_limit::refund(host.store, plan, ask.caller, host.now_ns);
                         Settled::Done(self.refuse(&pending, Code::RateLimitUnavailable.into(), None, host))
                     }
                 }
             }
         }
-    }
-
-    fn engine(&self) -> &Engine {
-        self.policy.engine.as_ref().unwrap_or(&NO_ENGINE)
     }
 
     fn refuse(&self, pending: &Pending, denial: Denial, quota: Option<Quota>, host: &Host<'_>) -> Effects<'static> {
@@ -241,10 +239,6 @@ impl Worker {
 }
 
 const NANOS: u64 = 1_000_000_000;
-
-/// Never used: a plan with global buckets compiles only with an engine.
-static NO_ENGINE: Engine =
-    Engine { cluster: String::new(), timeout: std::time::Duration::ZERO, failure_mode: FailureMode::Deny };
 
 /// A global bucket's state as the engine reported it, with `remaining` tokens.
 fn quota_of(status: &DescriptorStatus, remaining: u64) -> Quota {

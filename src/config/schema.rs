@@ -236,6 +236,13 @@ pub struct GlobalDoc {
     pub timeout_ms: u64,
     #[serde(default)]
     pub failure_mode: FailureModeDoc,
+    /// Most tokens one lease may take (1: every request asks the engine).
+    #[serde(default = "default_max_lease")]
+    pub max_lease: u32,
+}
+
+fn default_max_lease() -> u32 {
+    16
 }
 
 fn default_global_timeout_ms() -> u64 {

@@ -19,6 +19,8 @@ pub const SERVICE: &str = "envoy.service.ratelimit.v3.RateLimitService";
 pub const METHOD: &str = "ShouldRateLimit";
 
 const MAX_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest lease: what one Envoy may strand per caller is bounded by it.
+const MAX_LEASE: u32 = 64;
 
 /// What happens when the engine cannot answer in time, or answers an error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +38,8 @@ pub struct Engine {
     pub cluster: String,
     pub timeout: Duration,
     pub failure_mode: FailureMode,
+    /// Most tokens one lease may take.
+    pub max_lease: u32,
 }
 
 impl Engine {
@@ -51,7 +55,10 @@ impl Engine {
             FailureModeDoc::Deny => FailureMode::Deny,
             FailureModeDoc::Allow => FailureMode::Allow,
         };
-        Ok(Self { cluster: doc.cluster.clone(), timeout, failure_mode })
+        if !(1..=MAX_LEASE).contains(&doc.max_lease) {
+            return Err(ConfigError::new("rate_limits.global.max_lease", format!("must be 1 to {MAX_LEASE}")));
+        }
+        Ok(Self { cluster: doc.cluster.clone(), timeout, failure_mode, max_lease: doc.max_lease })
     }
 }
 
@@ -99,7 +106,7 @@ mod tests {
     use crate::config::GlobalDoc;
 
     fn doc(cluster: &str, timeout_ms: u64) -> GlobalDoc {
-        GlobalDoc { cluster: cluster.into(), timeout_ms, failure_mode: FailureModeDoc::Deny }
+        GlobalDoc { cluster: cluster.into(), timeout_ms, failure_mode: FailureModeDoc::Deny, max_lease: 16 }
     }
 
     #[test]
@@ -109,5 +116,7 @@ mod tests {
         assert_eq!(Engine::compile(&doc("", 50)).unwrap_err().path, "rate_limits.global.cluster");
         assert_eq!(Engine::compile(&doc("rls", 0)).unwrap_err().path, "rate_limits.global.timeout_ms");
         assert_eq!(Engine::compile(&doc("rls", 10_001)).unwrap_err().path, "rate_limits.global.timeout_ms");
+        let huge = GlobalDoc { max_lease: 65, ..doc("rls", 50) };
+        assert_eq!(Engine::compile(&huge).unwrap_err().to_string(), "rate_limits.global.max_lease: must be 1 to 64");
     }
 }

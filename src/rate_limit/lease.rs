@@ -20,18 +20,17 @@ use crate::store::{retry, Cas, Conflict, SharedStore};
 pub const SLOTS: u64 = 4_096;
 /// How long leased tokens may be spent.
 pub const TTL_NS: u64 = 1_000_000_000;
-/// The most tokens one lease takes.
-pub const MAX_HITS: u64 = 16;
 
 const KEY_PREFIX: &str = "edge_auth/lease/";
 const ATTEMPTS: u32 = 16;
 const VERSION: u8 = 1;
 
-/// The most tokens a lease of `plan` may take: a sixteenth of its smallest
-/// global bucket, so small buckets stay exact to the request.
-pub fn cap(plan: &Plan) -> u32 {
+/// The most tokens a lease of `plan` may take: `max_lease`, and at most a
+/// sixteenth of its smallest global bucket, so small buckets stay exact to
+/// the request.
+pub fn cap(plan: &Plan, max_lease: u32) -> u32 {
     let smallest = plan.global.iter().map(|b| b.requests.get()).min().unwrap_or(1);
-    u32::try_from((smallest / 16).clamp(1, MAX_HITS)).unwrap_or(1)
+    u32::try_from((smallest / 16).clamp(1, u64::from(max_lease.max(1)))).unwrap_or(1)
 }
 
 /// What the caller's lease said.
@@ -86,9 +85,9 @@ fn key(caller: CallerId) -> String {
 }
 
 /// Spends one of the caller's leased tokens, or says how many to ask for.
-pub fn take(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u64) -> Take {
+pub fn take(store: &dyn SharedStore, plan: &Plan, max_lease: u32, caller: CallerId, now_ns: u64) -> Take {
     let key = key(caller);
-    let cap = u64::from(cap(plan));
+    let cap = u64::from(cap(plan, max_lease));
     let attempt = || -> Result<Take, Conflict> {
         let Some((bytes, cas)) = store.get(&key) else { return Ok(Take::Ask { hits: 1 }) };
         let lease = match Lease::decode(&bytes) {
@@ -162,9 +161,10 @@ mod tests {
 
     #[test]
     fn the_cap_keeps_small_buckets_exact() {
-        assert_eq!(cap(plan(&plans(20))), 1);
-        assert_eq!(cap(plan(&plans(100))), 6);
-        assert_eq!(cap(plan(&plans(5_000))), 16);
+        assert_eq!(cap(plan(&plans(20)), 16), 1);
+        assert_eq!(cap(plan(&plans(100)), 16), 6);
+        assert_eq!(cap(plan(&plans(5_000)), 16), 16);
+        assert_eq!(cap(plan(&plans(5_000)), 1), 1, "max_lease 1: no leases");
     }
 
     #[test]
@@ -172,21 +172,21 @@ mod tests {
         let p = plans(5_000);
         let store = MemoryStore::default();
         let caller = CallerId::new(&Placement::shared(&store).unwrap(), b"k:hot");
-        assert_eq!(take(&store, plan(&p), caller, T0), Take::Ask { hits: 1 });
+        assert_eq!(take(&store, plan(&p), 16, caller, T0), Take::Ask { hits: 1 });
         grant(&store, plan(&p), caller, 1, T0);
         // Spent before it expired: the next lease doubles, up to the cap.
         let mut hits = 1;
         for round in 0..6 {
-            let Take::Ask { hits: asked } = take(&store, plan(&p), caller, T0 + round) else { panic!() };
+            let Take::Ask { hits: asked } = take(&store, plan(&p), 16, caller, T0 + round) else { panic!() };
             assert_eq!(asked, (hits * 2).min(16));
             hits = asked;
             grant(&store, plan(&p), caller, hits, T0 + round);
             for _ in 1..hits {
-                assert_eq!(take(&store, plan(&p), caller, T0 + round), Take::Spent);
+                assert_eq!(take(&store, plan(&p), 16, caller, T0 + round), Take::Spent);
             }
         }
         // Expired: halved.
-        assert_eq!(take(&store, plan(&p), caller, T0 + 10 * TTL_NS), Take::Ask { hits: 8 });
+        assert_eq!(take(&store, plan(&p), 16, caller, T0 + 10 * TTL_NS), Take::Ask { hits: 8 });
     }
 
     #[test]
@@ -199,8 +199,8 @@ mod tests {
         b.buckets = a.buckets; // the same lease slot
         assert_eq!(grant(&store, plan(&p), a, 8, T0), 0);
         assert_eq!(grant(&store, plan(&p), b, 4, T0), 3, "b's extra tokens strand");
-        assert_eq!(take(&store, plan(&p), b, T0), Take::Ask { hits: 1 });
-        assert_eq!(take(&store, plan(&p), a, T0), Take::Spent);
+        assert_eq!(take(&store, plan(&p), 16, b, T0), Take::Ask { hits: 1 });
+        assert_eq!(take(&store, plan(&p), 16, a, T0), Take::Spent);
     }
 
     proptest! {
@@ -214,7 +214,7 @@ mod tests {
             let (mut now, mut granted, mut admitted) = (T0, 0u64, 0u64);
             for (op, dt) in steps {
                 now += dt / 8;
-                match (op, take(&store, plan(&p), caller, now)) {
+                match (op, take(&store, plan(&p), 16, caller, now)) {
                     (_, Take::Spent) => admitted += 1,
                     (0, Take::Ask { .. }) => {}
                     (_, Take::Ask { hits }) => {

@@ -81,8 +81,9 @@ def start_envoy(name, workdir, upstream_port, rls_port):
     base["admin"]["address"]["socket_address"]["port_value"] = admin
     for cluster in base["static_resources"]["clusters"]:
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        endpoint["address"]["socket_address"]["port_value"] = upstream_port
-    base["static_resources"]["clusters"].append(grpc_cluster("edge_auth_rls", [rls_port]))
+        endpoint["address"]["socket_address"]["port_value"] = upstream_port  # the limiter's is replaced below
+    clusters = base["static_resources"]["clusters"]
+    clusters[:] = [c for c in clusters if c["name"] != "edge_auth_rls"] + [grpc_cluster("edge_auth_rls", [rls_port])]
     hcm = hcm_of(base)
     hcm["http_filters"] = CONFIGS[name](base) + [hcm["http_filters"][-1]]
     path = workdir / f"envoy-{name.replace(' ', '-')}.json"

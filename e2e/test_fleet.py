@@ -33,8 +33,10 @@ def policy(requests, failure_mode="deny", timeout_ms=1000, local=()):
 
 
 def with_limiter(ports):
+    """Points the shipped config's `edge_auth_rls` cluster at these limiters."""
     def edit(config):
-        config["static_resources"]["clusters"].append(grpc_cluster("edge_auth_rls", ports))
+        clusters = config["static_resources"]["clusters"]
+        clusters[:] = [c for c in clusters if c["name"] != "edge_auth_rls"] + [grpc_cluster("edge_auth_rls", ports)]
     return edit
 
 

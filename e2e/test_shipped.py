@@ -96,3 +96,21 @@ def test_the_dashboard_queries_only_metrics_the_module_defines():
     assert used
     for metric in used:
         assert metric in names or any(metric.startswith(p) for p in prefixes), metric
+
+
+def test_the_limiter_manifests_agree_with_each_other():
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "envoy/istio/rls.yaml").read_text())}
+    pod = docs["Deployment"]["spec"]["template"]
+    container = pod["spec"]["containers"][0]
+    assert container["args"][0] == "rls" and "--redis" in container["args"]
+    assert docs["Service"]["spec"]["selector"] == pod["metadata"]["labels"]
+    grpc = next(p for p in docs["Service"]["spec"]["ports"] if p["targetPort"] == "grpc")
+    assert grpc["name"].startswith("grpc")
+    assert "0.0.0.0:%d" % next(p["containerPort"] for p in container["ports"] if p["name"] == "grpc") in container["args"]
+    compose = yaml.safe_load((ROOT / "envoy/docker-compose.yaml").read_text())["services"]
+    listen = compose["rls"]["command"][compose["rls"]["command"].index("--listen") + 1]
+    envoy_yaml = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
+    cluster = next(c for c in envoy_yaml["static_resources"]["clusters"] if c["name"] == "edge_auth_rls")
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert listen == f"{address['address']}:{address['port_value']}"
+    assert "http2_protocol_options" in json.dumps(cluster)

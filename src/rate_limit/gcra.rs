@@ -17,7 +17,7 @@ pub type Tat = u128;
 
 /// What a bucket says about one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
+pub enum Draw {
     /// Admitted: the new TAT and what is left.
     Admit { tat: Tat, remaining: u64, full_in_ns: u128 },
     /// Refused: nanoseconds until one token is back.
@@ -50,16 +50,16 @@ impl Gcra {
     }
 
     /// Takes one token at `now_ns` if there is one.
-    pub fn check(&self, tat: Tat, now_ns: u64) -> Verdict {
+    pub fn check(&self, tat: Tat, now_ns: u64) -> Draw {
         let now = self.scaled(now_ns);
         let next = tat.max(now).saturating_add(self.interval);
         let ahead = next - now;
         if ahead > self.tolerance() {
             let retry = ahead - self.tolerance();
-            return Verdict::Refuse { retry_in_ns: retry.div_ceil(self.requests) };
+            return Draw::Refuse { retry_in_ns: retry.div_ceil(self.requests) };
         }
         let remaining = (self.tolerance() - ahead) / self.interval;
-        Verdict::Admit {
+        Draw::Admit {
             tat: next,
             remaining: u64::try_from(remaining).unwrap_or(u64::MAX),
             full_in_ns: ahead.div_ceil(self.requests),
@@ -98,7 +98,7 @@ mod tests {
         let mut tat = 0;
         let mut count = 0;
         for &t in times {
-            if let Verdict::Admit { tat: next, .. } = g.check(tat, t) {
+            if let Draw::Admit { tat: next, .. } = g.check(tat, t) {
                 tat = next;
                 count += 1;
             }
@@ -114,13 +114,13 @@ mod tests {
         assert_eq!(admitted(&g, &[T0; 100]), 20);
         let mut tat = 0;
         for expected in (0..20).rev() {
-            let Verdict::Admit { tat: next, remaining, .. } = g.check(tat, T0) else { panic!() };
+            let Draw::Admit { tat: next, remaining, .. } = g.check(tat, T0) else { panic!() };
             assert_eq!(remaining, expected);
             tat = next;
         }
         // The 21st waits one interval: 10 s / 20 = 0.5 s.
-        assert_eq!(g.check(tat, T0), Verdict::Refuse { retry_in_ns: 500_000_000 });
-        assert!(matches!(g.check(tat, T0 + 500_000_000), Verdict::Admit { remaining: 0, .. }));
+        assert_eq!(g.check(tat, T0), Draw::Refuse { retry_in_ns: 500_000_000 });
+        assert!(matches!(g.check(tat, T0 + 500_000_000), Draw::Admit { remaining: 0, .. }));
     }
 
     #[test]
@@ -128,14 +128,14 @@ mod tests {
         let g = gcra(100, 60);
         let mut tat = 0;
         for _ in 0..100 {
-            let Verdict::Admit { tat: next, .. } = g.check(tat, T0) else { panic!() };
+            let Draw::Admit { tat: next, .. } = g.check(tat, T0) else { panic!() };
             tat = next;
         }
-        assert!(matches!(g.check(tat, T0), Verdict::Refuse { .. }));
+        assert!(matches!(g.check(tat, T0), Draw::Refuse { .. }));
         // 0.6 s later exactly one token is back.
         let later = T0 + 600_000_000;
-        let Verdict::Admit { tat: next, remaining: 0, .. } = g.check(tat, later) else { panic!() };
-        assert!(matches!(g.check(next, later), Verdict::Refuse { .. }));
+        let Draw::Admit { tat: next, remaining: 0, .. } = g.check(tat, later) else { panic!() };
+        assert!(matches!(g.check(next, later), Draw::Refuse { .. }));
         assert_eq!(g.peek(tat, T0 + 60_000_000_000), (100, 0));
         assert_eq!(g.peek(tat, T0 + 59_400_000_000), (99, 600_000_000));
     }
@@ -170,9 +170,9 @@ mod tests {
             let g = gcra(requests, per_s);
             let mut tat = 0;
             for _ in 0..burst {
-                if let Verdict::Admit { tat: next, .. } = g.check(tat, T0) { tat = next; }
+                if let Draw::Admit { tat: next, .. } = g.check(tat, T0) { tat = next; }
             }
-            let remaining = |v| match v { Verdict::Admit { remaining, .. } => Some(remaining), Verdict::Refuse { .. } => None };
+            let remaining = |v| match v { Draw::Admit { remaining, .. } => Some(remaining), Draw::Refuse { .. } => None };
             let now = remaining(g.check(tat, T0));
             let later = remaining(g.check(tat, T0 + wait));
             prop_assert!(later >= now);

@@ -12,7 +12,7 @@
 //!
 //! [`Placement`]: super::Placement
 
-use super::gcra::{Gcra, Tat, Verdict};
+use super::gcra::{Draw, Gcra, Tat};
 use super::placement::CallerId;
 use super::plan::Plan;
 use crate::store::{retry, Cas, Conflict, SharedStore};
@@ -140,12 +140,12 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
         // is charged at the writer's time, so each admitted request leaves
         // exactly one token fewer.
         let now_ns = now_ns.max(clock_ns);
-        let verdicts: Vec<Verdict> = gcras.iter().zip(&tats).map(|(g, &tat)| g.check(tat, now_ns)).collect();
-        if let Some(retry_in_ns) = verdicts
+        let draws: Vec<Draw> = gcras.iter().zip(&tats).map(|(g, &tat)| g.check(tat, now_ns)).collect();
+        if let Some(retry_in_ns) = draws
             .iter()
             .filter_map(|v| match v {
-                Verdict::Refuse { retry_in_ns } => Some(*retry_in_ns),
-                Verdict::Admit { .. } => None,
+                Draw::Refuse { retry_in_ns } => Some(*retry_in_ns),
+                Draw::Admit { .. } => None,
             })
             .max()
         {
@@ -154,10 +154,10 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
             return Ok(Charge::Limited { quota, retry_after_s: ceil_seconds(retry_in_ns) });
         }
         let mut quota: Option<Quota> = None;
-        let mut next = Vec::with_capacity(verdicts.len());
+        let mut next = Vec::with_capacity(draws.len());
         let mut idle_at_ns = now_ns;
-        for (g, verdict) in gcras.iter().zip(&verdicts) {
-            if let Verdict::Admit { tat, remaining, full_in_ns } = *verdict {
+        for (g, draw) in gcras.iter().zip(&draws) {
+            if let Draw::Admit { tat, remaining, full_in_ns } = *draw {
                 next.push(tat);
                 idle_at_ns = idle_at_ns.max(now_ns.saturating_add(u64::try_from(full_in_ns).unwrap_or(u64::MAX)));
                 let candidate = Quota { limit: g.capacity(), remaining, reset_s: ceil_seconds(full_in_ns) };

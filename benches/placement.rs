@@ -8,8 +8,8 @@
 
 use edge_auth::config::{BucketDoc, ScopeDoc};
 use edge_auth::rate_limit::{charge, CallerId, Charge, Placement, Plan, Plans, SLOTS};
-use edge_auth::store::{Cas, Conflict, MemoryStore, SharedStore};
-use std::cell::Cell;
+use edge_auth::store::MemoryStore;
+use edge_auth::testing::CountingStore;
 use std::collections::BTreeMap;
 use std::hint::black_box;
 use std::time::Instant;
@@ -21,24 +21,6 @@ const LOADS_PERCENT: [u64; 7] = [10, 25, 40, 50, 60, 75, 90];
 const PROBES: u64 = 400_000;
 /// Returning callers charged at each load, per trial (for their reads).
 const RETURNING: u64 = 20_000;
-
-/// Counts the host reads (`get_shared_data` calls) charges make.
-#[derive(Default)]
-struct Counting {
-    inner: MemoryStore,
-    reads: Cell<u64>,
-}
-
-impl SharedStore for Counting {
-    fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.reads.set(self.reads.get() + 1);
-        self.inner.get(key)
-    }
-
-    fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
-        self.inner.set(key, value, cas)
-    }
-}
 
 #[derive(Default, Clone, Copy)]
 struct Reads {
@@ -85,10 +67,10 @@ fn plans() -> Plans {
     .unwrap()
 }
 
-fn charged(store: &Counting, plan: &Plan, caller: CallerId, now_ns: u64, reads: &mut Reads) -> Charge {
-    store.reads.set(0);
+fn charged(store: &CountingStore, plan: &Plan, caller: CallerId, now_ns: u64, reads: &mut Reads) -> Charge {
+    store.take_reads();
     let result = charge(store, plan, caller, now_ns).charge;
-    reads.add(store.reads.get());
+    reads.add(store.take_reads());
     result
 }
 
@@ -100,7 +82,7 @@ fn main() {
     let started = Instant::now();
     for trial in 0..TRIALS {
         // A fresh process: a fresh secret.
-        let store = Counting::default();
+        let store = CountingStore::default();
         let placement = Placement::shared(&store).unwrap();
         let mut filled: Vec<CallerId> = Vec::new();
         let mut attempts = 0u64;

@@ -298,7 +298,7 @@ mod tests {
     use crate::config::{BucketDoc, ScopeDoc};
     use crate::rate_limit::{Placement, Plans};
     use crate::store::MemoryStore;
-    use std::cell::Cell;
+    use crate::testing::CountingStore;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -329,23 +329,6 @@ mod tests {
 
     fn active(caller: u64, idle_at_ns: u64) -> Vec<u8> {
         Entry { caller, plan: 0, idle_at_ns, clock_ns: T0, tats: vec![0] }.encode()
-    }
-
-    /// Counts the host reads a charge makes.
-    #[derive(Default)]
-    struct Counting {
-        inner: MemoryStore,
-        reads: Cell<u32>,
-    }
-
-    impl SharedStore for Counting {
-        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-            self.reads.set(self.reads.get() + 1);
-            self.inner.get(key)
-        }
-        fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
-            self.inner.set(key, value, cas)
-        }
     }
 
     #[test]
@@ -499,13 +482,13 @@ mod tests {
     #[test]
     fn a_charge_reads_few_slots_on_a_quiet_table() {
         let p = plans(&[(5, 60)]);
-        let store = Counting::default();
+        let store = CountingStore::default();
         let caller = id(&store, "k:quiet");
         // New: the first slot of each bucket; returning: its own slot.
         for expected in [2, 1, 1] {
-            store.reads.set(0);
+            store.take_reads();
             assert!(matches!(charge(&store, plan(&p), caller, T0).charge, Charge::Admitted(_)));
-            assert_eq!(store.reads.get(), expected);
+            assert_eq!(store.take_reads(), expected);
         }
     }
 

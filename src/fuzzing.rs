@@ -67,7 +67,12 @@ fn request_parts(data: &[u8]) -> (String, String, Vec<(String, Vec<u8>)>) {
 /// The credential grammar: never two credentials, never an unusable key.
 pub fn credential(data: &[u8]) {
     let (_, _, headers) = request_parts(data);
-    let prefixes = Prefixes { secret: vec!["sk_live_".into()], public: vec!["pk_live_".into()] };
+    let prefixes = Prefixes {
+        secret: vec!["sk_live_".into()],
+        public: vec!["pk_live_".into()],
+        opaque_bearer: data.first().is_some_and(|b| b % 2 == 1),
+        session: Some("st_".into()),
+    };
     let credentials = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(AUTHORIZATION) || n.eq_ignore_ascii_case(X_API_KEY))

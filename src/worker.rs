@@ -7,7 +7,7 @@
 //! [`Handled::effects`]. Nothing here knows which host it runs in.
 
 use crate::config::Mode;
-use crate::decision::{decide, Detail, Request, Runtime, Verdict};
+use crate::decision::{decide, BodyCheck, Decision, Detail, Identity, Request, Runtime, Verdict};
 use crate::denial::{Code, Denial};
 use crate::effects::{self, Effects};
 use crate::fetched::{self, Feed, Fetched};
@@ -17,7 +17,10 @@ use crate::rate_limit::global::{self, Ask, Global};
 use crate::rate_limit::lease;
 use crate::rate_limit::rls_wire::{self, DescriptorStatus, RateLimitResponse};
 use crate::rate_limit::{self, ChargeResult, Engine, FailureMode, Placement, Quota};
+use crate::route::CredentialKind;
 use crate::store::SharedStore;
+use crate::webhook::WebhookError;
+use std::borrow::Cow;
 use std::cell::{OnceCell, RefCell};
 
 /// Counters the host keeps (Envoy stats).
@@ -119,11 +122,14 @@ impl Worker {
             signatures: host.signatures,
             placement: self.placement.get(),
         };
-        let decision = decide(&self.policy, request, &runtime);
+        let mut decision = decide(&self.policy, request, &runtime);
         if let Some(rate) = &decision.rate {
             host.stats.rate_limit(rate);
         }
         let spoofed = effects::spoofed(&self.policy, request.headers);
+        if let Some(check) = decision.body.take() {
+            return Handled { spoofed, next: Next::Body(check) };
+        }
         let effects = effects::of(&self.policy, &decision);
         let local = decision.quota();
         let next = match (decision.global, &self.policy.engine) {
@@ -150,6 +156,45 @@ impl Worker {
             }
         };
         Handled { spoofed, next }
+    }
+
+    /// Finishes a webhook call once its body is in, or once it grew past
+    /// [`BodyCheck::max_body_bytes`].
+    pub fn settle_body(&self, check: BodyCheck, body: Body<'_>, host: &Host<'_>) -> Effects<'_> {
+        let webhook = self.policy.webhooks.get(check.hook);
+        let checked = match (webhook, body) {
+            (Some(webhook), Body::Complete(bytes)) => {
+                webhook.verify(&check.signature, bytes, host.now_ns / NANOS).map(|()| webhook)
+            }
+            (_, Body::TooLarge) | (None, _) => Err(WebhookError::TooLarge),
+        };
+        let verdict = match checked {
+            Ok(webhook) => Verdict::Allow(Some(Identity {
+                org: None,
+                account: None,
+                subject: Cow::Borrowed(webhook.name.as_str()),
+                scopes: Cow::Borrowed(""),
+                kind: CredentialKind::Webhook,
+            })),
+            Err(why) => {
+                let denial =
+                    Denial::from(if why.is_missing() { Code::MissingSignature } else { Code::InvalidSignature });
+                self.record(Some(&denial), check.route, None, Some(Detail::Webhook(why)), host);
+                return effects::denied(&self.policy, &denial, None);
+            }
+        };
+        self.record(None, check.route, None, None, host);
+        let decision = Decision {
+            route: check.route,
+            verdict,
+            key_id: None,
+            detail: None,
+            rate: None,
+            global: None,
+            issue: None,
+            body: None,
+        };
+        effects::of(&self.policy, &decision)
     }
 
     /// Finishes a request once the engine answered (`Err` when the call
@@ -259,6 +304,10 @@ fn with_quota(effects: Effects<'static>, quota: Option<Quota>) -> Effects<'stati
 pub enum Next<'w> {
     /// Apply these effects now.
     Apply(Effects<'w>),
+    /// A signed webhook: hold the request, buffer its body (refusing as
+    /// soon as it passes `max_body_bytes`) and hand it to
+    /// [`Worker::settle_body`].
+    Body(BodyCheck),
     /// Pause the request, make this engine call, and hand its answer to
     /// [`Worker::settle`].
     Ask(EngineCall),
@@ -295,6 +344,15 @@ struct Pending {
     local: Option<Quota>,
     route: Option<usize>,
     key_id: Option<String>,
+}
+
+/// A webhook call's body as the host buffered it.
+#[derive(Debug, Clone, Copy)]
+pub enum Body<'b> {
+    /// The whole body (empty for a request without one).
+    Complete(&'b [u8]),
+    /// More than the webhook's `max_body_bytes` arrived.
+    TooLarge,
 }
 
 /// An engine call that produced no answer.

@@ -743,4 +743,113 @@ mod tests {
         let d = run(&p, "/x", &[("x-api-key", "std-key")]);
         assert_eq!(d.quota().map(|q| (q.limit, q.remaining)), Some((2, 1)));
     }
+
+    const SESSION_ENV: crate::testing::OnlyVars = crate::testing::OnlyVars(&[
+        ("EDGE_AUTH_PEPPER", "pepper"),
+        ("EDGE_AUTH_SESSION_KEY", "0123456789abcdef0123456789abcdef"),
+    ]);
+
+    fn session_policy() -> Policy {
+        let json = format!(
+            r#"{{
+              "api_keys": {{"opaque_bearer": true, "keys": [
+                {{"id":"k_1","hash":"{}","org":"o","account":"acme","scopes":["s"],"expires_at":"2030-01-01T00:00:00Z"}},
+                {{"id":"k_gone","hash":"{}","org":"o","account":"acme"}},
+                {{"id":"k_short","hash":"{}","org":"o","account":"acme","expires_at":"2027-01-15T08:00:10Z"}}
+              ], "revoked": ["k_gone"]}},
+              "sessions": {{"path": "/api/session", "ttl_s": 60}},
+              "errors": {{"invalid_api_key": {{"code": "unauthorized", "message": "Invalid or expired API key"}}}},
+              "routes": [
+                {{"prefix":"/keys-only","credentials":["api_key"]}},
+                {{"prefix":"/browser","credentials":["session"],"scopes":["s"]}}
+              ]
+            }}"#,
+            hash("opaque-1"),
+            hash("opaque-gone"),
+            hash("opaque-short")
+        );
+        parse(json.as_bytes(), &SESSION_ENV).unwrap()
+    }
+
+    /// 2027-01-15T08:00:00Z.
+    const T0: u64 = 1_800_000_000;
+
+    fn at<'p>(p: &'p Policy, now_s: u64, method: &str, path: &str, auth: &str) -> Decision<'p> {
+        let headers = vec![("authorization".to_owned(), auth.as_bytes().to_vec())];
+        let (store, tokens) = (MemoryStore::default(), RefCell::default());
+        decide(p, &Request { method, path, headers: &headers }, &runtime(now_s * NANOS, &store, &tokens))
+    }
+
+    fn exchange(p: &Policy, now_s: u64, key: &str) -> (String, serde_json::Value) {
+        let decision = at(p, now_s, "POST", "/api/session", &bearer(key));
+        let crate::effects::Effects::Reply(reply) = crate::effects::of(p, &decision) else { panic!("{decision:?}") };
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.headers.contains(&("cache-control", "no-store".into())));
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        (body["session_token"].as_str().unwrap().to_owned(), body)
+    }
+
+    fn denied_code(d: &Decision<'_>) -> Option<&'static str> {
+        match &d.verdict {
+            Verdict::Deny(denial) => Some(denial.code.as_str()),
+            Verdict::Allow(_) => None,
+        }
+    }
+
+    #[test]
+    fn opaque_bearer_keys_authenticate_when_enabled() {
+        let p = session_policy();
+        let d = at(&p, T0, "GET", "/x", "Bearer opaque-1");
+        assert_eq!(d.key_id, Some("k_1"));
+        assert!(matches!(d.verdict, Verdict::Allow(Some(Identity { kind: CredentialKind::ApiKey, .. }))));
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/x", "Bearer opaque-nope")), Some("invalid_api_key"));
+        // Off by default: the same header is malformed.
+        assert_eq!(code(&policy(), "/x", &[("authorization", "Bearer opaque-key")]), Some("malformed_credentials"));
+    }
+
+    #[test]
+    fn a_key_is_exchanged_for_a_session_that_acts_as_the_key() {
+        let p = session_policy();
+        let (token, body) = exchange(&p, T0, "opaque-1");
+        assert!(token.starts_with("st_") && !token.contains("opaque-1"));
+        assert_eq!(body["expires_at"], "2027-01-15T08:01:00Z");
+        let d = at(&p, T0 + 59, "GET", "/browser/x", &bearer(&token));
+        assert_eq!(d.key_id, Some("k_1"));
+        let Verdict::Allow(Some(identity)) = d.verdict else { panic!("{d:?}") };
+        assert_eq!((identity.subject.as_ref(), identity.kind.as_str()), ("k_1", "session"));
+        assert_eq!(denied_code(&at(&p, T0 + 60, "GET", "/browser/x", &bearer(&token))), Some("expired_token"));
+        // A session is its own credential kind, and never buys another session.
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/keys-only", &bearer(&token))), Some("credential_not_allowed"));
+        assert_eq!(denied_code(&at(&p, T0, "POST", "/api/session", &bearer(&token))), Some("credential_not_allowed"));
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/browser/x", "Bearer opaque-1")), Some("credential_not_allowed"));
+        // Tampering is an invalid token; so is a token of another edge.
+        let tampered = format!("{}A", token.trim_end_matches(|c| c != '.'));
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/x", &bearer(&tampered))), Some("invalid_token"));
+        // Only POST exchanges; other methods are the route's business.
+        assert!(at(&p, T0, "GET", "/api/session", "Bearer opaque-1").issue.is_none());
+        // The errors map restates the exchange's refusals too.
+        let refused = at(&p, T0, "POST", "/api/session", "Bearer opaque-nope");
+        let crate::effects::Effects::Reply(reply) = crate::effects::of(&p, &refused) else { panic!() };
+        assert_eq!(reply.body, r#"{"error":{"code":"unauthorized","message":"Invalid or expired API key"}}"#);
+    }
+
+    #[test]
+    fn a_session_never_outlives_its_key() {
+        let p = session_policy();
+        // Capped at the key's own expiry, and refused with the key's code after it.
+        let (token, body) = exchange(&p, T0, "opaque-short");
+        assert_eq!(body["expires_at"], "2027-01-15T08:00:10Z");
+        assert_eq!(denied_code(&at(&p, T0 + 5, "GET", "/x", &bearer(&token))), None);
+        assert_eq!(denied_code(&at(&p, T0 + 10, "GET", "/x", &bearer(&token))), Some("expired_token"));
+        // A revoked key refuses its sessions at once (row 7).
+        let sessions = p.sessions.as_ref().unwrap();
+        let orphan = sessions.issue("k_gone", T0 + 60, [0; 12]).unwrap();
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/x", &bearer(&orphan))), Some("revoked_api_key"));
+        let unknown = sessions.issue("k_never", T0 + 60, [0; 12]).unwrap();
+        let d = at(&p, T0, "GET", "/x", &bearer(&unknown));
+        assert_eq!(
+            (denied_code(&d), d.detail),
+            (Some("invalid_token"), Some(Detail::Session(SessionError::UnknownKey)))
+        );
+    }
 }

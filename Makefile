@@ -77,7 +77,7 @@ bench-envoy: wasm cli venv
 
 # Each fuzz target for FUZZ_SECONDS (nightly toolchain, cargo-fuzz). What the
 # fuzzers find worth keeping lands in fuzz/corpus/, which `make unit` replays.
-FUZZ_TARGETS := credential decision jwt path policy source_answer
+FUZZ_TARGETS := credential decision jwt path policy source_answer session_token signature_header
 FUZZ_SECONDS ?= 60
 
 fuzz:

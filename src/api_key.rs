@@ -146,6 +146,8 @@ pub struct RecordRules<'a> {
 pub struct KeySet {
     keys: Vec<ApiKey>,
     by_hash: HashMap<u64, Vec<usize>>,
+    /// Session tokens name their parent key by id.
+    by_id: HashMap<String, usize>,
     revoked: HashSet<String>,
 }
 
@@ -159,11 +161,10 @@ impl KeySet {
         path: &str,
     ) -> Result<Self, ConfigError> {
         let mut set = KeySet::default();
-        let mut ids = HashSet::new();
         for (i, record) in records.iter().enumerate() {
             let at = |field: &str| format!("{path}.keys[{i}].{field}");
             let key = compile_record(record, rules, &at)?;
-            if !ids.insert(key.id.clone()) {
+            if set.by_id.insert(key.id.clone(), set.keys.len()).is_some() {
                 return Err(ConfigError::new(at("id"), format!("duplicate key id '{}'", key.id)));
             }
             if set.find(&key.hash).is_some() {
@@ -184,6 +185,10 @@ impl KeySet {
     pub fn find(&self, hash: &KeyHash) -> Option<&ApiKey> {
         let candidates = self.by_hash.get(&hash.index())?;
         candidates.iter().filter_map(|&i| self.keys.get(i)).find(|key| key.hash.ct_eq(hash))
+    }
+
+    pub fn find_id(&self, id: &str) -> Option<&ApiKey> {
+        self.by_id.get(id).and_then(|&i| self.keys.get(i))
     }
 
     pub fn is_revoked(&self, id: &str) -> bool {
@@ -300,6 +305,8 @@ mod tests {
         assert!(set.find(&KeyHasher::new(b"other").unwrap().hash("two")).is_none());
         assert_eq!(set.find(&hasher.hash("two")).unwrap().scopes_header, "a:read b:write");
         assert!(set.is_revoked("gone") && !set.is_revoked("k1"));
+        assert_eq!(set.find_id("k2").map(|k| k.id.as_str()), Some("k2"));
+        assert!(set.find_id("k3").is_none());
     }
 
     #[test]

@@ -15,26 +15,42 @@ pub const MAX_VALUE_LEN: usize = 8 * 1024;
 pub const AUTHORIZATION: &str = "authorization";
 pub const X_API_KEY: &str = "x-api-key";
 
-/// The key-prefix conventions of a policy.
+/// The key-prefix conventions of a policy, and what else a bearer token
+/// may be.
 #[derive(Debug, Clone)]
 pub struct Prefixes {
     pub secret: Vec<String>,
     pub public: Vec<String>,
+    /// `Bearer <opaque>` is an API key (`api_keys.opaque_bearer`).
+    pub opaque_bearer: bool,
+    /// The prefix of edge-issued session tokens (`sessions.prefix`).
+    pub session: Option<String>,
 }
 
 impl Prefixes {
     /// The contract's default prefixes (a policy without `api_keys`).
     pub fn standard() -> Self {
-        Self { secret: vec!["sk_live_".into(), "sk_test_".into()], public: vec!["pk_live_".into(), "pk_test_".into()] }
+        Self {
+            secret: vec!["sk_live_".into(), "sk_test_".into()],
+            public: vec!["pk_live_".into(), "pk_test_".into()],
+            opaque_bearer: false,
+            session: None,
+        }
     }
 
     /// Checks a policy's prefixes: non-empty, visible, none a prefix of another.
-    pub fn compile(secret: &[String], public: &[String]) -> Result<Self, ConfigError> {
+    pub fn compile(
+        secret: &[String],
+        public: &[String],
+        opaque_bearer: bool,
+        session: Option<&String>,
+    ) -> Result<Self, ConfigError> {
         let all = secret
             .iter()
             .enumerate()
             .map(|(i, p)| (format!("api_keys.secret_prefixes[{i}]"), p))
-            .chain(public.iter().enumerate().map(|(i, p)| (format!("api_keys.public_prefixes[{i}]"), p)));
+            .chain(public.iter().enumerate().map(|(i, p)| (format!("api_keys.public_prefixes[{i}]"), p)))
+            .chain(session.map(|p| ("sessions.prefix".to_owned(), p)));
         let all: Vec<_> = all.collect();
         for (i, (at, prefix)) in all.iter().enumerate() {
             if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
@@ -45,7 +61,7 @@ impl Prefixes {
                 return Err(ConfigError::new(at.as_str(), format!("'{prefix}' overlaps another prefix")));
             }
         }
-        Ok(Self { secret: secret.to_vec(), public: public.to_vec() })
+        Ok(Self { secret: secret.to_vec(), public: public.to_vec(), opaque_bearer, session: session.cloned() })
     }
 }
 
@@ -58,6 +74,8 @@ pub enum Credential<'a> {
     /// A compact JWS (three base64url parts; the signature may be empty, so
     /// unsigned tokens reach the verifier and are refused as invalid tokens).
     Jwt(&'a str),
+    /// An edge-issued session token, prefix included.
+    Session(&'a str),
 }
 
 /// Why a credential was refused as malformed; for logs, never for clients.
@@ -71,7 +89,8 @@ pub enum Malformed {
     /// Control characters or whitespace inside the value.
     BadCharacter,
     UnknownScheme,
-    /// A bearer token that is neither a prefixed key nor a JWT.
+    /// A bearer token that is neither a prefixed key, a session token nor a
+    /// JWT (and opaque bearer keys are off).
     UnrecognisedToken,
     /// A secret-prefixed key without `<account>_<secret>` after the prefix.
     KeyShape,
@@ -169,8 +188,14 @@ fn parse_authorization<'a>(value: &'a str, prefixes: &Prefixes) -> Result<Creden
         if let Some(credential) = parse_prefixed(token, prefixes)? {
             return Ok(credential);
         }
+        if prefixes.session.as_deref().is_some_and(|p| token.starts_with(p)) {
+            return Ok(Credential::Session(token));
+        }
         if is_compact_jws(token) {
             return Ok(Credential::Jwt(token));
+        }
+        if prefixes.opaque_bearer {
+            return Ok(Credential::ApiKey { key: token, prefix_account: None });
         }
         Err(Malformed::UnrecognisedToken)
     } else if scheme.eq_ignore_ascii_case("userkey") {
@@ -219,10 +244,7 @@ mod tests {
     use super::*;
 
     fn prefixes() -> Prefixes {
-        Prefixes {
-            secret: vec!["sk_live_".into(), "sk_test_".into()],
-            public: vec!["pk_live_".into(), "pk_test_".into()],
-        }
+        Prefixes::standard()
     }
 
     fn parse(headers: &[(&str, &[u8])]) -> Result<Option<Credential<'static>>, Malformed> {
@@ -280,6 +302,31 @@ mod tests {
         for bad in ["Bearer aGk.eyJ9", "Bearer a.b.c.d", "Bearer .b.c", "Bearer a+b.c.d", "Bearer opaque"] {
             assert_eq!(one("authorization", bad), Err(Malformed::UnrecognisedToken), "{bad}");
         }
+    }
+
+    #[test]
+    fn opaque_bearer_keys_and_session_tokens() {
+        let grammar = Prefixes { opaque_bearer: true, session: Some("st_".into()), ..Prefixes::standard() };
+        let parse = |value: &'static str| {
+            let headers: &'static [(&str, &[u8])] = Box::leak(Box::new([("authorization", value.as_bytes())]));
+            extract(headers, &grammar).map(|c| c.map(|(c, _)| c))
+        };
+        assert_eq!(
+            parse("Bearer opaque-123"),
+            Ok(Some(Credential::ApiKey { key: "opaque-123", prefix_account: None }))
+        );
+        assert_eq!(parse("Bearer st_abc.def"), Ok(Some(Credential::Session("st_abc.def"))));
+        // The other forms keep their meaning; the opaque reading is the last resort.
+        assert_eq!(parse("Bearer aGk.eyJ9.c2ln"), Ok(Some(Credential::Jwt("aGk.eyJ9.c2ln"))));
+        assert_eq!(parse("Bearer pk_live_x"), Ok(Some(Credential::Publishable)));
+        assert_eq!(
+            parse("Bearer sk_live_acme_s"),
+            Ok(Some(Credential::ApiKey { key: "sk_live_acme_s", prefix_account: Some("acme") }))
+        );
+        // Off (the default), an opaque bearer token stays malformed.
+        assert_eq!(one("authorization", "Bearer opaque-123"), Err(Malformed::UnrecognisedToken));
+        let clash = Prefixes::compile(&["sk_".into()], &[], false, Some(&"sk_st_".to_owned())).unwrap_err();
+        assert_eq!(clash.to_string(), "api_keys.secret_prefixes[0]: 'sk_' overlaps another prefix");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! row 15), the fetched key sets and JWKS, and this worker's cache of verified
 //! tokens (filled here). Nothing else is written.
 
-use crate::api_key::ApiKey;
+use crate::api_key::{ApiKey, ApiKeys, KeySet};
 use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
 use crate::fetched::Fetched;
@@ -16,8 +16,10 @@ use crate::rate_limit::global::{Ask, Global};
 use crate::rate_limit::lease::{self, Take};
 use crate::rate_limit::{self, CallerId, Charge, ChargeResult, Placement, PlanId, Quota};
 use crate::route::{self, Auth, CredentialKind, Route};
+use crate::session::SessionError;
 use crate::store::SharedStore;
 use crate::text::same_header_name;
+use crate::webhook::{self, Signature, WebhookError};
 use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
@@ -77,6 +79,8 @@ pub enum Detail {
     Path(MalformedPath),
     Malformed(Malformed),
     Token(TokenError),
+    Session(SessionError),
+    Webhook(WebhookError),
 }
 
 impl fmt::Display for Detail {
@@ -85,6 +89,8 @@ impl fmt::Display for Detail {
             Detail::Path(why) => why.fmt(f),
             Detail::Malformed(why) => why.fmt(f),
             Detail::Token(why) => why.fmt(f),
+            Detail::Session(why) => why.fmt(f),
+            Detail::Webhook(why) => why.fmt(f),
         }
     }
 }
@@ -102,11 +108,36 @@ pub struct Decision<'p> {
     pub rate: Option<ChargeResult>,
     /// What is left to the fleet-wide engine, when the plan has global buckets.
     pub global: Option<Global>,
+    /// An allowed `POST sessions.path`: answer with this session token
+    /// instead of forwarding.
+    pub issue: Option<Grant<'p>>,
+    /// A webhook route: the verdict is `invalid_signature` until the body
+    /// passes this check ([`BodyCheck`]).
+    pub body: Option<BodyCheck>,
+}
+
+/// A session token to issue: its parent key and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant<'p> {
+    pub key_id: &'p str,
+    /// Unix seconds.
+    pub expires_at: u64,
+}
+
+/// What a webhook route still has to check once the body is in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyCheck {
+    /// Index of the policy's webhook.
+    pub hook: usize,
+    pub route: Option<usize>,
+    /// Refuse as soon as the body grows past this.
+    pub max_body_bytes: u64,
+    pub signature: Signature,
 }
 
 impl<'p> Decision<'p> {
     fn new(route: Option<usize>, verdict: Verdict<'p>) -> Self {
-        Self { route, verdict, key_id: None, detail: None, rate: None, global: None }
+        Self { route, verdict, key_id: None, detail: None, rate: None, global: None, issue: None, body: None }
     }
 
     /// The caller's most constrained bucket, for `x-ratelimit-*`.
@@ -123,6 +154,8 @@ impl<'p> Decision<'p> {
 struct Matched<'p> {
     index: Option<usize>,
     route: &'p Route,
+    /// `POST sessions.path`: only an API key may pass.
+    exchange: bool,
 }
 
 impl<'p> Matched<'p> {
@@ -142,15 +175,21 @@ where
     V: AsRef<[u8]>,
 {
     // Row 0: routes hold for the path as upstream will read it, or not at all.
-    let found = path::canonical(request.path).and_then(|path| route::find(&policy.routes, &path, request.method));
-    let (index, route) = match found {
+    let found = path::canonical(request.path).and_then(|path| {
+        let exchange = policy.sessions.as_ref().is_some_and(|s| s.is_exchange(request.method, &path));
+        route::find(&policy.routes, &path, request.method).map(|(index, route)| Matched { index, route, exchange })
+    });
+    let on = match found {
         Ok(found) => found,
         Err(why) => {
             let denial = Verdict::Deny(Code::MalformedPath.into());
             return Decision { detail: Some(Detail::Path(why)), ..Decision::new(None, denial) };
         }
     };
-    let on = Matched { index, route };
+    let route = on.route;
+    if let Some(hook) = route.webhook {
+        return check_webhook_headers(policy, on, hook, request.headers);
+    }
     if route.auth == Auth::None {
         return on.decide(Verdict::Allow(None));
     }
@@ -163,14 +202,16 @@ where
     match credential {
         Credential::ApiKey { key, prefix_account } => {
             match check_api_key(policy, runtime.fetched, key, prefix_account, runtime.now_ns / NANOS) {
-                Ok(key) => {
-                    let plan = key.plan.or(policy.default_plan);
-                    let decision = admit(policy, on, identity_of(key), plan, || format!("k:{}", key.id), runtime);
-                    Decision { key_id: Some(key.id.as_str()), ..decision }
-                }
+                Ok(key) => admit_key(policy, on, key, CredentialKind::ApiKey, runtime),
                 Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..on.deny(denial) },
             }
         }
+        Credential::Session(token) => match check_session(policy, runtime.fetched, token, runtime.now_ns / NANOS) {
+            Ok(key) => admit_key(policy, on, key, CredentialKind::Session, runtime),
+            Err((key, denial, detail)) => {
+                Decision { key_id: key.map(|k| k.id.as_str()), detail: detail.map(Detail::Session), ..on.deny(denial) }
+            }
+        },
         Credential::Publishable => on.deny(Denial::with_message(
             Code::InvalidApiKey,
             "Publishable keys identify an account; they cannot authenticate a request.",
@@ -315,6 +356,11 @@ fn check_api_key<'p>(
     let Some(found) = found.filter(|k| prefix_account.is_none_or(|account| account == k.account)) else {
         return Err((None, Code::InvalidApiKey.into()));
     };
+    key_fate(api_keys, remote, found, now_s)
+}
+
+/// Rows 6 and 7: a known key that has expired or been revoked.
+fn key_fate<'p>(api_keys: &ApiKeys, remote: Option<&KeySet>, found: &'p ApiKey, now_s: u64) -> KeyResult<'p> {
     if found.expires_at.is_some_and(|at| now_s >= at) {
         return Err((Some(found), Code::ExpiredApiKey.into()));
     }
@@ -322,6 +368,83 @@ fn check_api_key<'p>(
         return Err((Some(found), Code::RevokedApiKey.into()));
     }
     Ok(found)
+}
+
+type SessionResult<'p> = Result<&'p ApiKey, (Option<&'p ApiKey>, Denial, Option<SessionError>)>;
+
+/// Rows 9 and 10 for a session token, then its parent key's rows 6 and 7:
+/// a session never outlives its key.
+fn check_session<'p>(policy: &'p Policy, fetched: &'p Fetched, token: &str, now_s: u64) -> SessionResult<'p> {
+    let invalid = |why| (None, Denial::from(Code::InvalidToken), Some(why));
+    let (Some(sessions), Some(api_keys)) = (&policy.sessions, &policy.api_keys) else {
+        return Err(invalid(SessionError::Malformed));
+    };
+    let claims = sessions.verify(token, now_s).map_err(|why| match why {
+        SessionError::Expired => (None, Denial::from(Code::ExpiredToken), Some(why)),
+        _ => invalid(why),
+    })?;
+    // Row 16: a key source that never loaded, and nothing inline to fall back on.
+    let remote = match fetched.keys() {
+        Ok(remote) => remote,
+        Err(_) if api_keys.inline.is_empty() => return Err((None, Code::AuthUnavailable.into(), None)),
+        Err(_) => None,
+    };
+    let found = remote.and_then(|set| set.find_id(&claims.key_id)).or_else(|| api_keys.inline.find_id(&claims.key_id));
+    let found = found.ok_or_else(|| invalid(SessionError::UnknownKey))?;
+    key_fate(api_keys, remote, found, now_s).map_err(|(key, denial)| (key, denial, None))
+}
+
+/// Rows 12–15 for a verified key (presented, or behind a session), and the
+/// session to issue when this is `POST sessions.path`.
+fn admit_key<'p>(
+    policy: &'p Policy,
+    on: Matched<'p>,
+    key: &'p ApiKey,
+    kind: CredentialKind,
+    runtime: &Runtime<'_, '_>,
+) -> Decision<'p> {
+    let plan = key.plan.or(policy.default_plan);
+    let identity = Identity { kind, ..identity_of(key) };
+    let decision = admit(policy, on, identity, plan, || format!("k:{}", key.id), runtime);
+    let issue = match (&decision.verdict, &policy.sessions) {
+        (Verdict::Allow(_), Some(sessions)) if on.exchange => {
+            let until = (runtime.now_ns / NANOS).saturating_add(sessions.ttl_s);
+            Some(Grant { key_id: &key.id, expires_at: key.expires_at.map_or(until, |at| at.min(until)) })
+        }
+        _ => None,
+    };
+    Decision { key_id: Some(key.id.as_str()), issue, ..decision }
+}
+
+/// A webhook route's headers: the signature header must be there and
+/// readable, and an announced body must fit. The body itself is checked
+/// later ([`BodyCheck`]); until then the verdict is a refusal.
+fn check_webhook_headers<'p, N, V>(policy: &'p Policy, on: Matched<'p>, hook: usize, headers: &[(N, V)]) -> Decision<'p>
+where
+    N: AsRef<str>,
+    V: AsRef<[u8]>,
+{
+    let refused = |why: WebhookError| {
+        let code = if why.is_missing() { Code::MissingSignature } else { Code::InvalidSignature };
+        Decision { detail: Some(Detail::Webhook(why)), ..on.deny(code) }
+    };
+    let Some(webhook) = policy.webhooks.get(hook) else {
+        return refused(WebhookError::Missing);
+    };
+    let signature = match webhook.header_value(headers).and_then(|v| webhook::parse_signature(webhook.format, v)) {
+        Ok(signature) => signature,
+        Err(why) => return refused(why),
+    };
+    let announced = headers
+        .iter()
+        .filter(|(n, _)| n.as_ref().eq_ignore_ascii_case("content-length"))
+        .filter_map(|(_, v)| std::str::from_utf8(v.as_ref()).ok()?.trim().parse::<u64>().ok())
+        .max();
+    if announced.is_some_and(|length| length > webhook.max_body_bytes) {
+        return refused(WebhookError::TooLarge);
+    }
+    let body = BodyCheck { hook, route: on.index, max_body_bytes: webhook.max_body_bytes, signature };
+    Decision { body: Some(body), ..refused(WebhookError::Mismatch) }
 }
 
 const NANOS: u64 = 1_000_000_000;
@@ -338,7 +461,7 @@ fn admit<'p>(
     caller: impl FnOnce() -> String,
     runtime: &Runtime<'_, '_>,
 ) -> Decision<'p> {
-    let verdict = authorize(policy, on.route, identity);
+    let verdict = authorize(policy, on, identity);
     let plan = plan_id.and_then(|id| policy.plans.get(id).map(|plan| (id, plan)));
     let (Verdict::Allow(_), Some((plan_id, plan))) = (&verdict, plan) else {
         return on.decide(verdict);
@@ -383,11 +506,13 @@ fn identity_of(key: &ApiKey) -> Identity<'_> {
 }
 
 /// Decision-table rows 12–14: what a verified caller may do on this route.
-fn authorize<'p>(policy: &Policy, route: &Route, identity: Identity<'p>) -> Verdict<'p> {
+fn authorize<'p>(policy: &Policy, on: Matched<'_>, identity: Identity<'p>) -> Verdict<'p> {
+    let route = on.route;
     if !route.allow_reserved && identity.account.as_deref().is_some_and(|a| policy.accounts.is_reserved(a)) {
         return Verdict::Deny(Code::AccountForbidden.into());
     }
-    if !route.allows(identity.kind) {
+    // A session is exchanged for an API key, never for another session or a JWT.
+    if !route.allows(identity.kind) || (on.exchange && identity.kind != CredentialKind::ApiKey) {
         return Verdict::Deny(Code::CredentialNotAllowed.into());
     }
     let has = |scope: &String| identity.scopes.split(' ').any(|s| s == scope);
@@ -617,5 +742,114 @@ mod tests {
         assert_eq!(codes("wrong-key", "/x", 3), ["invalid_api_key"; 3]);
         let d = run(&p, "/x", &[("x-api-key", "std-key")]);
         assert_eq!(d.quota().map(|q| (q.limit, q.remaining)), Some((2, 1)));
+    }
+
+    const SESSION_ENV: crate::testing::OnlyVars = crate::testing::OnlyVars(&[
+        ("EDGE_AUTH_PEPPER", "pepper"),
+        ("EDGE_AUTH_SESSION_KEY", "0123456789abcdef0123456789abcdef"),
+    ]);
+
+    fn session_policy() -> Policy {
+        let json = format!(
+            r#"{{
+              "api_keys": {{"opaque_bearer": true, "keys": [
+                {{"id":"k_1","hash":"{}","org":"o","account":"acme","scopes":["s"],"expires_at":"2030-01-01T00:00:00Z"}},
+                {{"id":"k_gone","hash":"{}","org":"o","account":"acme"}},
+                {{"id":"k_short","hash":"{}","org":"o","account":"acme","expires_at":"2027-01-15T08:00:10Z"}}
+              ], "revoked": ["k_gone"]}},
+              "sessions": {{"path": "/api/session", "ttl_s": 60}},
+              "errors": {{"invalid_api_key": {{"code": "unauthorized", "message": "Invalid or expired API key"}}}},
+              "routes": [
+                {{"prefix":"/keys-only","credentials":["api_key"]}},
+                {{"prefix":"/browser","credentials":["session"],"scopes":["s"]}}
+              ]
+            }}"#,
+            hash("opaque-1"),
+            hash("opaque-gone"),
+            hash("opaque-short")
+        );
+        parse(json.as_bytes(), &SESSION_ENV).unwrap()
+    }
+
+    /// 2027-01-15T08:00:00Z.
+    const T0: u64 = 1_800_000_000;
+
+    fn at<'p>(p: &'p Policy, now_s: u64, method: &str, path: &str, auth: &str) -> Decision<'p> {
+        let headers = vec![("authorization".to_owned(), auth.as_bytes().to_vec())];
+        let (store, tokens) = (MemoryStore::default(), RefCell::default());
+        decide(p, &Request { method, path, headers: &headers }, &runtime(now_s * NANOS, &store, &tokens))
+    }
+
+    fn exchange(p: &Policy, now_s: u64, key: &str) -> (String, serde_json::Value) {
+        let decision = at(p, now_s, "POST", "/api/session", &bearer(key));
+        let crate::effects::Effects::Reply(reply) = crate::effects::of(p, &decision) else { panic!("{decision:?}") };
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        assert!(reply.headers.contains(&("cache-control", "no-store".into())));
+        let body: serde_json::Value = serde_json::from_str(&reply.body).unwrap();
+        (body["session_token"].as_str().unwrap().to_owned(), body)
+    }
+
+    fn denied_code(d: &Decision<'_>) -> Option<&'static str> {
+        match &d.verdict {
+            Verdict::Deny(denial) => Some(denial.code.as_str()),
+            Verdict::Allow(_) => None,
+        }
+    }
+
+    #[test]
+    fn opaque_bearer_keys_authenticate_when_enabled() {
+        let p = session_policy();
+        let d = at(&p, T0, "GET", "/x", "Bearer opaque-1");
+        assert_eq!(d.key_id, Some("k_1"));
+        assert!(matches!(d.verdict, Verdict::Allow(Some(Identity { kind: CredentialKind::ApiKey, .. }))));
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/x", "Bearer opaque-nope")), Some("invalid_api_key"));
+        // Off by default: the same header is malformed.
+        assert_eq!(code(&policy(), "/x", &[("authorization", "Bearer opaque-key")]), Some("malformed_credentials"));
+    }
+
+    #[test]
+    fn a_key_is_exchanged_for_a_session_that_acts_as_the_key() {
+        let p = session_policy();
+        let (token, body) = exchange(&p, T0, "opaque-1");
+        assert!(token.starts_with("st_") && !token.contains("opaque-1"));
+        assert_eq!(body["expires_at"], "2027-01-15T08:01:00Z");
+        let d = at(&p, T0 + 59, "GET", "/browser/x", &bearer(&token));
+        assert_eq!(d.key_id, Some("k_1"));
+        let Verdict::Allow(Some(identity)) = d.verdict else { panic!("{d:?}") };
+        assert_eq!((identity.subject.as_ref(), identity.kind.as_str()), ("k_1", "session"));
+        assert_eq!(denied_code(&at(&p, T0 + 60, "GET", "/browser/x", &bearer(&token))), Some("expired_token"));
+        // A session is its own credential kind, and never buys another session.
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/keys-only", &bearer(&token))), Some("credential_not_allowed"));
+        assert_eq!(denied_code(&at(&p, T0, "POST", "/api/session", &bearer(&token))), Some("credential_not_allowed"));
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/browser/x", "Bearer opaque-1")), Some("credential_not_allowed"));
+        // Tampering is an invalid token; so is a token of another edge.
+        let tampered = format!("{}A", token.trim_end_matches(|c| c != '.'));
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/x", &bearer(&tampered))), Some("invalid_token"));
+        // Only POST exchanges; other methods are the route's business.
+        assert!(at(&p, T0, "GET", "/api/session", "Bearer opaque-1").issue.is_none());
+        // The errors map restates the exchange's refusals too.
+        let refused = at(&p, T0, "POST", "/api/session", "Bearer opaque-nope");
+        let crate::effects::Effects::Reply(reply) = crate::effects::of(&p, &refused) else { panic!() };
+        assert_eq!(reply.body, r#"{"error":{"code":"unauthorized","message":"Invalid or expired API key"}}"#);
+    }
+
+    #[test]
+    fn a_session_never_outlives_its_key() {
+        let p = session_policy();
+        // Capped at the key's own expiry, and refused with the key's code after it.
+        let (token, body) = exchange(&p, T0, "opaque-short");
+        assert_eq!(body["expires_at"], "2027-01-15T08:00:10Z");
+        assert_eq!(denied_code(&at(&p, T0 + 5, "GET", "/x", &bearer(&token))), None);
+        assert_eq!(denied_code(&at(&p, T0 + 10, "GET", "/x", &bearer(&token))), Some("expired_token"));
+        // A revoked key refuses its sessions at once (row 7).
+        let sessions = p.sessions.as_ref().unwrap();
+        let orphan = sessions.issue("k_gone", T0 + 60, [0; 12]).unwrap();
+        assert_eq!(denied_code(&at(&p, T0, "GET", "/x", &bearer(&orphan))), Some("revoked_api_key"));
+        let unknown = sessions.issue("k_never", T0 + 60, [0; 12]).unwrap();
+        let d = at(&p, T0, "GET", "/x", &bearer(&unknown));
+        assert_eq!(
+            (denied_code(&d), d.detail),
+            (Some("invalid_token"), Some(Detail::Session(SessionError::UnknownKey)))
+        );
     }
 }

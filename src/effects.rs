@@ -6,13 +6,17 @@
 
 use crate::config::Mode;
 use crate::credential::{AUTHORIZATION, X_API_KEY};
-use crate::decision::{Decision, Identity, Verdict};
-use crate::denial::{Denial, Reply};
+use crate::decision::{Decision, Grant, Identity, Verdict};
+use crate::denial::{Code, Denial, Reply};
 use crate::headers::SHADOW_HEADER;
 use crate::policy::Policy;
 use crate::rate_limit::Quota;
+use crate::route::CredentialKind;
+use crate::session::{self, Sessions};
 use crate::text::same_header_name;
+use serde::Serialize;
 use std::borrow::Cow;
+use std::time::{Duration, UNIX_EPOCH};
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Effects<'p> {
@@ -49,10 +53,35 @@ pub const CREDENTIAL_HEADERS: &[&str] = &[AUTHORIZATION, X_API_KEY];
 /// The effects of `decision` under the policy's mode.
 pub fn of<'p>(policy: &'p Policy, decision: &Decision<'_>) -> Effects<'p> {
     let quota = decision.quota();
-    match &decision.verdict {
-        Verdict::Allow(identity) => forward(policy, identity.as_ref(), quota.map(quota_headers).unwrap_or_default()),
-        Verdict::Deny(denial) => denied(policy, denial, quota),
+    match (&decision.verdict, &decision.issue, &policy.sessions) {
+        (Verdict::Allow(_), Some(grant), Some(sessions)) => issued(policy, sessions, grant, quota),
+        (Verdict::Allow(identity), _, _) => {
+            forward(policy, identity.as_ref(), quota.map(quota_headers).unwrap_or_default())
+        }
+        (Verdict::Deny(denial), _, _) => denied(policy, denial, quota),
     }
+}
+
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    session_token: &'a str,
+    expires_at: &'a str,
+}
+
+/// The answer to `POST sessions.path`: a fresh token, never cached. No
+/// randomness for its nonce is the filter being unable to authenticate.
+fn issued(policy: &Policy, sessions: &Sessions, grant: &Grant<'_>, quota: Option<Quota>) -> Effects<'static> {
+    let token = session::nonce().and_then(|nonce| sessions.issue(grant.key_id, grant.expires_at, nonce));
+    let Some(token) = token else {
+        return denied(policy, &Code::AuthUnavailable.into(), quota);
+    };
+    let expires_at = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(grant.expires_at)).to_string();
+    // Serialising plain strings cannot fail.
+    let body =
+        serde_json::to_string(&SessionBody { session_token: &token, expires_at: &expires_at }).unwrap_or_default();
+    let mut headers = vec![("content-type", "application/json".to_owned()), ("cache-control", "no-store".to_owned())];
+    headers.extend(quota.map(quota_headers).unwrap_or_default());
+    Effects::Reply(Reply { status: 200, headers, body })
 }
 
 /// The effects of a denial under the policy's mode, with the caller's most
@@ -61,7 +90,7 @@ pub fn denied(policy: &Policy, denial: &Denial, quota: Option<Quota>) -> Effects
     let quota = quota.map(quota_headers).unwrap_or_default();
     match policy.mode {
         Mode::Enforce => {
-            let mut reply = denial.reply();
+            let mut reply = denial.reply(&policy.errors);
             reply.headers.extend(quota);
             Effects::Reply(reply)
         }
@@ -104,6 +133,8 @@ pub fn quota_headers(quota: Quota) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// The table's own status and code, whatever `errors` shows clients: the
+/// shadow verdict is for the platform team, like logs and metrics.
 fn shadow_verdict(denial: &Denial) -> String {
     format!("{} {}", denial.code.status(), denial.code.as_str())
 }
@@ -122,7 +153,8 @@ fn forward<'p>(
     let parts = [
         (&names.org, identity.org.as_deref()),
         (&names.account, identity.account.as_deref()),
-        (&names.key_id, Some(&*identity.subject)),
+        // A webhook sender is named, but it has no key.
+        (&names.key_id, (identity.kind != CredentialKind::Webhook).then_some(&*identity.subject)),
         (&names.subject, Some(&*identity.subject)),
         (&names.method, Some(identity.kind.as_str())),
         (&names.scopes, Some(&*identity.scopes)),
@@ -165,6 +197,8 @@ mod tests {
             detail: None,
             rate: None,
             global: None,
+            issue: None,
+            body: None,
         }
     }
 
@@ -176,6 +210,8 @@ mod tests {
             detail: None,
             rate: None,
             global: None,
+            issue: None,
+            body: None,
         }
     }
 

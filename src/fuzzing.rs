@@ -67,7 +67,12 @@ fn request_parts(data: &[u8]) -> (String, String, Vec<(String, Vec<u8>)>) {
 /// The credential grammar: never two credentials, never an unusable key.
 pub fn credential(data: &[u8]) {
     let (_, _, headers) = request_parts(data);
-    let prefixes = Prefixes { secret: vec!["sk_live_".into()], public: vec!["pk_live_".into()] };
+    let prefixes = Prefixes {
+        secret: vec!["sk_live_".into()],
+        public: vec!["pk_live_".into()],
+        opaque_bearer: data.first().is_some_and(|b| b % 2 == 1),
+        session: Some("st_".into()),
+    };
     let credentials = headers
         .iter()
         .filter(|(n, _)| n.eq_ignore_ascii_case(AUTHORIZATION) || n.eq_ignore_ascii_case(X_API_KEY))
@@ -156,4 +161,71 @@ pub fn policy_document(data: &[u8]) {
 pub fn source_answer(data: &[u8]) {
     let _ = fetched::parse(policy(), Kind::Keys, data);
     let _ = fetched::parse(policy(), Kind::Jwks(0), data);
+}
+
+fn sessions() -> &'static crate::session::Sessions {
+    static SESSIONS: OnceLock<crate::session::Sessions> = OnceLock::new();
+    SESSIONS.get_or_init(|| {
+        let doc = config::SessionsDoc {
+            path: "/api/session".into(),
+            ttl_s: 3600,
+            prefix: "st_".into(),
+            key_env: "K".into(),
+            previous_key_env: Some("K".into()),
+        };
+        crate::session::Sessions::compile(&doc, &EveryVar("fuzzing-session-key-0123456789abcdef"))
+            .unwrap_or_else(|e| unreachable!("fuzz sessions: {e}"))
+    })
+}
+
+/// Session tokens: raw text is checked without panicking, and a token
+/// issued for a fuzzed key id verifies to that key id.
+pub fn session_token(data: &[u8]) {
+    let sessions = sessions();
+    let text = String::from_utf8_lossy(data);
+    let _ = sessions.verify(&text, 0);
+    if let Some(token) = sessions.issue(&text, u64::MAX, [0; crate::session::NONCE_LEN]) {
+        let claims = sessions.verify(&token, 0);
+        if text.is_empty() {
+            assert!(claims.is_err(), "a token without a key id verified");
+        } else {
+            assert_eq!(claims.map(|c| c.key_id), Ok(text.into_owned()), "an issued token does not verify");
+        }
+    }
+}
+
+/// Webhook signature headers in every format, and their check against a
+/// body: never panics, and a forged header never passes.
+pub fn signature_header(data: &[u8]) {
+    use crate::config::SignatureFormatDoc;
+    let (header, body) = match data.iter().position(|&b| b == b'\n') {
+        Some(at) => (data.get(..at).unwrap_or_default(), data.get(at + 1..).unwrap_or_default()),
+        None => (data, &[][..]),
+    };
+    let env = EveryVar("fuzzing-webhook-secret");
+    for format in [SignatureFormatDoc::Hex, SignatureFormatDoc::Base64, SignatureFormatDoc::Timestamped] {
+        let doc = config::WebhookDoc {
+            name: "f".into(),
+            header: "x-sig".into(),
+            secret_env: "S".into(),
+            format,
+            tolerance_s: 300,
+            max_body_bytes: 1 << 20,
+        };
+        let Some(hook) = crate::webhook::compile(&[doc], &env).ok().and_then(|mut h| h.pop()) else { return };
+        if let Ok(signature) = crate::webhook::parse_signature(format, header) {
+            let now = match &signature {
+                crate::webhook::Signature::Timestamped { at, .. } => *at,
+                crate::webhook::Signature::Body(_) => 0,
+            };
+            // Reaching a match means the fuzzer forged HMAC-SHA256.
+            assert!(hook.verify(&signature, body, now).is_err() || header_is_genuine(format, header, body, now));
+        }
+    }
+}
+
+fn header_is_genuine(format: crate::config::SignatureFormatDoc, header: &[u8], body: &[u8], now: u64) -> bool {
+    crate::webhook::sign(format, b"fuzzing-webhook-secret", body, now).is_some_and(|signed| {
+        String::from_utf8_lossy(header).to_ascii_lowercase().contains(&signed.to_ascii_lowercase())
+    })
 }

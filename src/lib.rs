@@ -7,7 +7,8 @@
 //!
 //! Module layers, each importing only from those above it: `config` (the
 //! document), `store`, `text`, `path`, `account`, `denial`, `credential`, `headers`;
-//! then `rate_limit`, `remote`, `route`, `api_key`, `jwt`; `policy`;
+//! then `rate_limit`, `remote`, `route`, `api_key`, `jwt`, `session`,
+//! `webhook`; `policy`;
 //! `fetched`; `decision`; `effects`; `worker`; the host glue.
 
 pub mod account;
@@ -28,11 +29,13 @@ pub mod policy;
 pub mod rate_limit;
 pub mod remote;
 pub mod route;
+pub mod session;
 pub mod store;
 #[cfg(not(target_arch = "wasm32"))]
 #[doc(hidden)]
 pub mod testing;
 pub mod text;
+pub mod webhook;
 pub mod worker;
 
 #[cfg(target_arch = "wasm32")]

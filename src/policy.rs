@@ -7,10 +7,13 @@ use crate::account::AccountRules;
 use crate::api_key::{ApiKeys, RecordRules};
 use crate::config::{self, ConfigError, Environment, Mode, PolicyDoc};
 use crate::credential::Prefixes;
+use crate::denial::ErrorFaces;
 use crate::headers::IdentityHeaders;
 use crate::jwt::{compile_providers, Provider};
 use crate::rate_limit::{Engine, PlanId, Plans};
-use crate::route::Route;
+use crate::route::{self, Auth, CredentialKind, Route};
+use crate::session::Sessions;
+use crate::webhook::{self, Webhook};
 
 #[derive(Debug)]
 pub struct Policy {
@@ -27,6 +30,10 @@ pub struct Policy {
     /// The fleet-wide engine for global buckets.
     pub engine: Option<Engine>,
     pub routes: Vec<Route>,
+    /// The public faces of the table's codes (`errors`).
+    pub errors: ErrorFaces,
+    pub sessions: Option<Sessions>,
+    pub webhooks: Vec<Webhook>,
 }
 
 impl Policy {
@@ -58,10 +65,20 @@ impl Policy {
         let default_plan = plan_ref(rl.and_then(|r| r.default_plan.as_ref()), "rate_limits.default_plan")?;
         let jwt_plan = plan_ref(rl.and_then(|r| r.jwt_plan.as_ref()), "rate_limits.jwt_plan")?;
 
+        let errors = ErrorFaces::compile(&doc.errors)?;
+        let sessions = match (&doc.sessions, &doc.api_keys) {
+            (None, _) => None,
+            (Some(_), None) => {
+                return Err(ConfigError::new("sessions", "needs api_keys: sessions are exchanged for API keys"))
+            }
+            (Some(sessions), Some(_)) => Some(Sessions::compile(sessions, env)?),
+        };
         let (prefixes, api_keys) = match &doc.api_keys {
             None => (Prefixes::standard(), None),
             Some(ak) => {
-                let prefixes = Prefixes::compile(&ak.secret_prefixes, &ak.public_prefixes)?;
+                let session_prefix = doc.sessions.as_ref().map(|s| &s.prefix);
+                let prefixes =
+                    Prefixes::compile(&ak.secret_prefixes, &ak.public_prefixes, ak.opaque_bearer, session_prefix)?;
                 let rules = RecordRules { account_ok: &|a| accounts.is_valid(a), plans: &plans };
                 (prefixes, Some(ApiKeys::compile(ak, env, &rules)?))
             }
@@ -72,12 +89,17 @@ impl Policy {
             Some(jwt) => compile_providers(&jwt.providers)?,
         };
 
-        let routes = doc
+        let webhooks = webhook::compile(&doc.webhooks, env)?;
+        let names: Vec<&str> = webhooks.iter().map(|w| w.name.as_str()).collect();
+        let routes: Vec<Route> = doc
             .routes
             .iter()
             .enumerate()
-            .map(|(i, r)| Route::compile(r, &format!("routes[{i}]")))
+            .map(|(i, r)| Route::compile(r, &format!("routes[{i}]"), &names))
             .collect::<Result<_, _>>()?;
+        if let Some(sessions) = &sessions {
+            check_exchange_route(&routes, &sessions.path)?;
+        }
 
         Ok(Policy {
             mode: doc.mode,
@@ -92,8 +114,26 @@ impl Policy {
             jwt_plan,
             engine,
             routes,
+            errors,
+            sessions,
+            webhooks,
         })
     }
+}
+
+/// The route of `POST sessions.path` must let an API key through: it is
+/// what a session is exchanged for.
+fn check_exchange_route(routes: &[Route], path: &str) -> Result<(), ConfigError> {
+    let (index, route) = route::find(routes, path, "POST")
+        .map_err(|why| ConfigError::new("sessions.path", format!("not a path a request can have: {why}")))?;
+    let name = index.map_or_else(|| "the default route".to_owned(), |i| format!("routes[{i}]"));
+    if route.auth != Auth::Required || route.webhook.is_some() || !route.allows(CredentialKind::ApiKey) {
+        return Err(ConfigError::new(
+            "sessions.path",
+            format!("{name} must require authentication and accept api_key: a session is exchanged for an API key"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -165,7 +205,7 @@ mod tests {
         );
         assert_eq!(
             err(r#"{"api_keys":{},"routes":[{"prefix":"/a","credentials":["password"]}]}"#),
-            "routes[0].credentials[0]: 'password' is not api_key or jwt"
+            "routes[0].credentials[0]: 'password' is not api_key, jwt or session"
         );
         assert!(err(r#"{"api_keys":{},"routes":[{"prefix":"/a","auth":"none","scopes":["x"]}]}"#)
             .starts_with("routes[0].auth:"));
@@ -195,6 +235,49 @@ mod tests {
         );
         assert!(err(r#"{"api_keys":{}} {}"#).starts_with("config: trailing characters"));
         assert_eq!(err("{not json"), "config: key must be a string at line 1 column 2");
+    }
+
+    #[test]
+    fn issue_16_fields_are_checked_where_they_are_written() {
+        const ENV: OnlyVars = OnlyVars(&[
+            ("EDGE_AUTH_PEPPER", "test-pepper"),
+            ("EDGE_AUTH_SESSION_KEY", "0123456789abcdef0123456789abcdef"),
+            ("HOOK", "0123456789abcdef"),
+        ]);
+        let err = |json: &str| parse(json.as_bytes(), &ENV).unwrap_err().to_string();
+        assert_eq!(
+            err(r#"{"api_keys":{},"errors":{"nope":{}}}"#),
+            "errors.nope: 'nope' is not a code of the decision table"
+        );
+        assert_eq!(
+            err(r#"{"jwt":{"providers":[]},"sessions":{"path":"/s"}}"#),
+            "sessions: needs api_keys: sessions are exchanged for API keys"
+        );
+        assert_eq!(
+            err(r#"{"api_keys":{},"sessions":{"path":"/s","prefix":"sk_live_x"}}"#),
+            "api_keys.secret_prefixes[0]: 'sk_live_' overlaps another prefix"
+        );
+        assert_eq!(
+            err(r#"{"api_keys":{},"sessions":{"path":"/s"},"routes":[{"path":"/s","credentials":["jwt"]}]}"#),
+            "sessions.path: routes[0] must require authentication and accept api_key: a session is exchanged for an API key"
+        );
+        assert!(err(r#"{"api_keys":{},"sessions":{"path":"/s","key_env":"NOPE"}}"#).starts_with("sessions.key_env:"));
+        let hook = r#""webhooks":[{"name":"h","header":"x-sig","secret_env":"HOOK"}]"#;
+        assert_eq!(
+            err(&format!(r#"{{"api_keys":{{}},{hook},"routes":[{{"prefix":"/w","webhook":"g"}}]}}"#)),
+            "routes[0].webhook: unknown webhook 'g'"
+        );
+        assert!(err(&format!(
+            r#"{{"api_keys":{{}},{hook},"routes":[{{"prefix":"/w","webhook":"h","scopes":["a"]}}]}}"#
+        ))
+        .starts_with("routes[0].webhook: a webhook route checks only its signature"));
+        let ok = format!(
+            r#"{{"api_keys":{{"opaque_bearer":true}},"sessions":{{"path":"/s"}},{hook},
+                "routes":[{{"prefix":"/w","webhook":"h"}},{{"path":"/x","credentials":["session"]}}]}}"#
+        );
+        let policy = parse(ok.as_bytes(), &ENV).unwrap();
+        assert!(policy.prefixes.opaque_bearer && policy.prefixes.session.as_deref() == Some("st_"));
+        assert_eq!(policy.routes[0].webhook, Some(0));
     }
 
     #[test]

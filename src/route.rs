@@ -17,6 +17,11 @@ pub enum Auth {
 pub enum CredentialKind {
     ApiKey,
     Jwt,
+    /// An edge-issued session token.
+    Session,
+    /// A signed webhook call (never listed in `credentials`: a route names
+    /// its webhook instead).
+    Webhook,
 }
 
 impl CredentialKind {
@@ -24,11 +29,14 @@ impl CredentialKind {
         match self {
             CredentialKind::ApiKey => "api_key",
             CredentialKind::Jwt => "jwt",
+            CredentialKind::Session => "session",
+            CredentialKind::Webhook => "webhook",
         }
     }
 
+    /// The kinds a route's `credentials` may list.
     pub fn parse(text: &str) -> Option<Self> {
-        [CredentialKind::ApiKey, CredentialKind::Jwt].into_iter().find(|k| k.as_str() == text)
+        [CredentialKind::ApiKey, CredentialKind::Jwt, CredentialKind::Session].into_iter().find(|k| k.as_str() == text)
     }
 }
 
@@ -50,6 +58,9 @@ pub struct Route {
     pub credentials: Option<Vec<CredentialKind>>,
     pub scopes: Vec<String>,
     pub allow_reserved: bool,
+    /// The policy's webhook (index) whose signature this route checks
+    /// instead of credentials.
+    pub webhook: Option<usize>,
 }
 
 /// What applies to a request no route matches.
@@ -60,11 +71,13 @@ pub static DEFAULT_ROUTE: Route = Route {
     credentials: None,
     scopes: Vec::new(),
     allow_reserved: false,
+    webhook: None,
 };
 
 impl Route {
-    /// Compiles `routes[i]`; `at` names it in errors.
-    pub fn compile(doc: &RouteDoc, at: &str) -> Result<Self, ConfigError> {
+    /// Compiles `routes[i]`; `at` names it in errors, `webhooks` are the
+    /// names of the policy's webhooks.
+    pub fn compile(doc: &RouteDoc, at: &str, webhooks: &[&str]) -> Result<Self, ConfigError> {
         let path = match (&doc.prefix, &doc.path) {
             (Some(p), None) => PathMatch::Prefix(p.clone()),
             (None, Some(p)) => PathMatch::Exact(p.clone()),
@@ -105,7 +118,10 @@ impl Route {
                     .enumerate()
                     .map(|(i, k)| {
                         CredentialKind::parse(k).ok_or_else(|| {
-                            ConfigError::new(format!("{at}.credentials[{i}]"), format!("'{k}' is not api_key or jwt"))
+                            ConfigError::new(
+                                format!("{at}.credentials[{i}]"),
+                                format!("'{k}' is not api_key, jwt or session"),
+                            )
                         })
                     })
                     .collect::<Result<Vec<_>, _>>()
@@ -127,6 +143,21 @@ impl Route {
                 "\"none\" never inspects credentials, so credentials, scopes and allow_reserved would be ignored",
             ));
         }
+        let webhook = match &doc.webhook {
+            None => None,
+            Some(name) => {
+                let at = format!("{at}.webhook");
+                if auth != Auth::Required || credentials.is_some() || !doc.scopes.is_empty() || doc.allow_reserved {
+                    return Err(ConfigError::new(
+                        at,
+                        "a webhook route checks only its signature, so auth, credentials, scopes and \
+                         allow_reserved would be ignored",
+                    ));
+                }
+                let index = webhooks.iter().position(|w| w == name);
+                Some(index.ok_or_else(|| ConfigError::new(at, format!("unknown webhook '{name}'")))?)
+            }
+        };
         Ok(Self {
             path,
             methods: doc.methods.clone(),
@@ -134,6 +165,7 @@ impl Route {
             credentials,
             scopes: doc.scopes.clone(),
             allow_reserved: doc.allow_reserved,
+            webhook,
         })
     }
 
@@ -191,6 +223,7 @@ mod tests {
             credentials: None,
             scopes: vec![],
             allow_reserved: false,
+            webhook: None,
         }
     }
 

@@ -47,3 +47,13 @@ fn policy_corpus() {
 fn source_answer_corpus() {
     replay("source_answer", edge_auth::fuzzing::source_answer);
 }
+
+#[test]
+fn session_token_corpus() {
+    replay("session_token", edge_auth::fuzzing::session_token);
+}
+
+#[test]
+fn signature_header_corpus() {
+    replay("signature_header", edge_auth::fuzzing::signature_header);
+}

@@ -76,7 +76,7 @@ mod tests {
             expires_at: None,
         };
         let new = mint(spec, &hasher).unwrap();
-        let prefixes = Prefixes { secret: vec!["sk_live_".into()], public: vec![] };
+        let prefixes = Prefixes { secret: vec!["sk_live_".into()], public: vec![], ..Prefixes::standard() };
         let headers = [("x-api-key", new.key.as_bytes())];
         let parsed = extract(&headers, &prefixes).unwrap().unwrap().0;
         assert_eq!(parsed, Credential::ApiKey { key: &new.key, prefix_account: Some("big_co") });

@@ -33,6 +33,90 @@ pub struct PolicyDoc {
     pub rate_limits: Option<RateLimitsDoc>,
     #[serde(default)]
     pub routes: Vec<RouteDoc>,
+    /// Public faces of decision-table codes, by code.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<String, ErrorFaceDoc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions: Option<SessionsDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookDoc>,
+}
+
+/// What a client sees of a code: its `code`, `message` and status.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ErrorFaceDoc {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u32>,
+}
+
+/// Edge-issued session tokens, exchanged for an API key at `path`.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsDoc {
+    pub path: String,
+    #[serde(default = "default_session_ttl_s")]
+    pub ttl_s: u64,
+    #[serde(default = "default_session_prefix")]
+    pub prefix: String,
+    #[serde(default = "default_session_key_env")]
+    pub key_env: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_key_env: Option<String>,
+}
+
+fn default_session_ttl_s() -> u64 {
+    3600
+}
+
+fn default_session_prefix() -> String {
+    "st_".to_owned()
+}
+
+pub const DEFAULT_SESSION_KEY_ENV: &str = "EDGE_AUTH_SESSION_KEY";
+
+fn default_session_key_env() -> String {
+    DEFAULT_SESSION_KEY_ENV.to_owned()
+}
+
+/// How a webhook sender writes its signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureFormatDoc {
+    /// Hex HMAC-SHA256 of the raw body.
+    #[default]
+    Hex,
+    /// Base64 HMAC-SHA256 of the raw body.
+    Base64,
+    /// `t=<unix>,v1=<hex>[,v1=<hex>…]` over `<t>.<body>`.
+    Timestamped,
+}
+
+/// A webhook sender and the secret it signs bodies with.
+#[derive(Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookDoc {
+    pub name: String,
+    pub header: String,
+    pub secret_env: String,
+    #[serde(default)]
+    pub format: SignatureFormatDoc,
+    #[serde(default = "default_tolerance_s")]
+    pub tolerance_s: u64,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: u64,
+}
+
+fn default_tolerance_s() -> u64 {
+    300
+}
+
+fn default_max_body_bytes() -> u64 {
+    1024 * 1024
 }
 
 pub const DEFAULT_ACCOUNT_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
@@ -84,6 +168,13 @@ pub struct ApiKeysDoc {
     #[serde(default)]
     pub revoked: Vec<String>,
     pub source: Option<SourceDoc>,
+    /// `Authorization: Bearer <opaque>` is an API key (keys without an account).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub opaque_bearer: bool,
+}
+
+fn is_false(value: &bool) -> bool {
+    !*value
 }
 
 pub const DEFAULT_PEPPER_ENV: &str = "EDGE_AUTH_PEPPER";
@@ -286,4 +377,7 @@ pub struct RouteDoc {
     pub scopes: Vec<String>,
     #[serde(default)]
     pub allow_reserved: bool,
+    /// The webhook whose signature this route checks, instead of credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<String>,
 }

@@ -4,11 +4,11 @@
 use super::metrics::Metrics;
 use super::shared::HostStore;
 use super::signatures::EnvoySignatures;
-use crate::decision::Request;
-use crate::denial::{Code, Denial, Reply};
+use crate::decision::{BodyCheck, Request};
+use crate::denial::{Code, Denial, ErrorFaces, Reply};
 use crate::effects::{carries, Effects};
 use crate::rate_limit::global::{METHOD, SERVICE};
-use crate::worker::{CallFailed, EngineCall, Host, Next, Settled, Worker};
+use crate::worker::{Body, CallFailed, EngineCall, Host, Next, Settled, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::borrow::Cow;
@@ -25,6 +25,9 @@ pub struct HttpFilter {
     waiting: Option<(u32, EngineCall)>,
     /// Added to upstream's response (`x-ratelimit-*`).
     response_headers: Vec<(&'static str, String)>,
+    /// A webhook call whose body is being buffered, and how much is in.
+    body_check: Option<BodyCheck>,
+    body_size: usize,
 }
 
 impl HttpFilter {
@@ -42,6 +45,8 @@ impl HttpFilter {
             credentials: Vec::new(),
             waiting: None,
             response_headers: Vec::new(),
+            body_check: None,
+            body_size: 0,
         }
     }
 
@@ -93,6 +98,27 @@ impl HttpFilter {
         }
     }
 
+    /// Ends a webhook call's wait for its body.
+    fn settle_body(&mut self, body: Body<'_>) -> Action {
+        let (Some(worker), Some(metrics), Some(check)) =
+            (self.worker.clone(), self.metrics.clone(), self.body_check.take())
+        else {
+            return Action::Continue;
+        };
+        let effects = worker.settle_body(check, body, &self.host(&metrics));
+        self.apply(effects)
+    }
+
+    /// The buffered body once it is complete (at its end, or at trailers).
+    fn complete_body(&mut self, body_size: usize) -> Action {
+        let Some(limit) = self.body_check.as_ref().map(|c| c.max_body_bytes) else { return Action::Continue };
+        if !u64::try_from(body_size).is_ok_and(|size| size <= limit) {
+            return self.settle_body(Body::TooLarge);
+        }
+        let body = if body_size == 0 { None } else { self.get_http_request_body(0, body_size) };
+        self.settle_body(Body::Complete(body.as_deref().unwrap_or_default()))
+    }
+
     fn finish(&mut self, worker: &Worker, metrics: &Metrics, settled: Settled) -> Action {
         match settled {
             Settled::Done(effects) => self.apply(effects),
@@ -120,10 +146,10 @@ impl Context for HttpFilter {
 }
 
 impl HttpContext for HttpFilter {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         let (Some(worker), Some(metrics)) = (self.worker.clone(), self.metrics.clone()) else {
             // No policy means configuration failed: fail closed.
-            return self.send(&Denial::from(Code::AuthUnavailable).reply());
+            return self.send(&Denial::from(Code::AuthUnavailable).reply(&ErrorFaces::default()));
         };
         // Byte getters: the string ones panic on non-UTF-8 values.
         let headers = self.get_http_request_headers_bytes();
@@ -142,7 +168,37 @@ impl HttpContext for HttpFilter {
         match handled.next {
             Next::Apply(effects) => self.apply(effects),
             Next::Ask(call) => self.ask(&worker, &metrics, call),
+            Next::Body(check) => {
+                self.body_check = Some(check);
+                if end_of_stream {
+                    // No body will follow: check the empty one now.
+                    return self.settle_body(Body::Complete(&[]));
+                }
+                // Held (headers included) until the body is in.
+                Action::Pause
+            }
         }
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        let Some(limit) = self.body_check.as_ref().map(|c| c.max_body_bytes) else { return Action::Continue };
+        // Refused as soon as it grows past the limit, not at its end.
+        if !u64::try_from(body_size).is_ok_and(|size| size <= limit) {
+            return self.settle_body(Body::TooLarge);
+        }
+        self.body_size = body_size;
+        if end_of_stream {
+            return self.complete_body(body_size);
+        }
+        // Buffer until the end.
+        Action::Pause
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.body_check.is_none() {
+            return Action::Continue;
+        }
+        self.complete_body(self.body_size)
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {

@@ -7,7 +7,7 @@
 //! [`Handled::effects`]. Nothing here knows which host it runs in.
 
 use crate::config::Mode;
-use crate::decision::{decide, Detail, Request, Runtime, Verdict};
+use crate::decision::{decide, Decision, Detail, Request, Runtime, Verdict};
 use crate::denial::{Code, Denial};
 use crate::effects::{self, Effects};
 use crate::fetched::{self, Feed, Fetched};
@@ -23,7 +23,9 @@ use std::cell::{OnceCell, RefCell};
 /// Counters the host keeps (Envoy stats).
 pub trait Stats {
     fn allowed(&self);
-    fn denied(&self, code: Code, shadow: bool);
+    /// A denial (or a would-be one in shadow mode) on the route `route`
+    /// names (see [`crate::route::label`]).
+    fn denied(&self, code: Code, shadow: bool, route: &str);
     fn rate_limit(&self, result: &ChargeResult);
     fn engine(&self, event: EngineEvent);
 }
@@ -41,6 +43,35 @@ pub enum EngineEvent {
     Stranded(u64),
 }
 
+/// Where a request's decision is published for access logs (Envoy filter
+/// state), when the policy asks for it.
+pub trait AccessLog {
+    /// Sets `edge_auth.<field>` for this request.
+    fn set(&self, field: &str, value: &str);
+}
+
+/// Who a request proved to be, as far as the decision got: for access logs.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'a> {
+    org: Option<&'a str>,
+    account: Option<&'a str>,
+    key_id: Option<&'a str>,
+}
+
+impl<'a> Caller<'a> {
+    fn of(decision: &'a Decision<'_>) -> Self {
+        let identity = match &decision.verdict {
+            Verdict::Allow(identity) => identity.as_ref(),
+            Verdict::Deny(_) => None,
+        };
+        Self {
+            org: identity.and_then(|i| i.org.as_deref()),
+            account: identity.and_then(|i| i.account.as_deref()),
+            key_id: decision.key_id,
+        }
+    }
+}
+
 /// What a request needs from its host.
 pub struct Host<'a> {
     /// Unix nanoseconds.
@@ -48,6 +79,7 @@ pub struct Host<'a> {
     pub store: &'a dyn SharedStore,
     pub signatures: &'a dyn SignatureHost,
     pub stats: &'a dyn Stats,
+    pub access_log: &'a dyn AccessLog,
     /// Names the request in logs.
     pub context_id: u32,
 }
@@ -119,21 +151,25 @@ impl Worker {
             signatures: host.signatures,
             placement: self.placement.get(),
         };
-        let decision = decide(&self.policy, request, &runtime);
+        let mut decision = decide(&self.policy, request, &runtime);
         if let Some(rate) = &decision.rate {
             host.stats.rate_limit(rate);
         }
         let spoofed = effects::spoofed(&self.policy, request.headers);
         let effects = effects::of(&self.policy, &decision);
         let local = decision.quota();
-        let next = match (decision.global, &self.policy.engine) {
+        let global = decision.global.take();
+        let caller = Caller::of(&decision);
+        let next = match (global, &self.policy.engine) {
             (Some(Global::Ask(ask)), Some(engine)) => {
                 host.stats.engine(EngineEvent::Asked);
                 let pending = Pending {
                     forward: effects.into_owned(),
                     local,
                     route: decision.route,
-                    key_id: decision.key_id.map(str::to_owned),
+                    org: caller.org.map(str::to_owned),
+                    account: caller.account.map(str::to_owned),
+                    key_id: caller.key_id.map(str::to_owned),
                 };
                 Next::Ask(EngineCall::new(&self.policy, engine, ask, pending))
             }
@@ -146,6 +182,9 @@ impl Worker {
                     Verdict::Deny(denial) => Some(denial),
                 };
                 self.record(denial, decision.route, decision.key_id, decision.detail, host);
+                if self.policy.access_log {
+                    self.publish(denial, decision.route, &caller, host);
+                }
                 Next::Apply(effects)
             }
         };
@@ -172,7 +211,7 @@ impl Worker {
                 let leased = u64::from(ask.hits).saturating_sub(1);
                 let global = response.statuses.iter().map(|s| quota_of(s, s.remaining.saturating_add(leased)));
                 let quota = pending.local.into_iter().chain(global).min_by_key(|q| q.remaining);
-                self.record(None, pending.route, pending.key_id.as_deref(), None, host);
+                self.settled(None, &pending, host);
                 Settled::Done(with_quota(pending.forward, quota))
             }
             Some(response) if response.overall == rls_wire::Code::OverLimit && ask.hits > 1 => {
@@ -194,7 +233,7 @@ impl Worker {
                 host.stats.engine(EngineEvent::Failed);
                 match engine.failure_mode {
                     FailureMode::Allow => {
-                        self.record(None, pending.route, pending.key_id.as_deref(), None, host);
+                        self.settled(None, &pending, host);
                         Settled::Done(pending.forward)
                     }
                     FailureMode::Deny => {
@@ -207,8 +246,41 @@ impl Worker {
     }
 
     fn refuse(&self, pending: &Pending, denial: Denial, quota: Option<Quota>, host: &Host<'_>) -> Effects<'static> {
-        self.record(Some(&denial), pending.route, pending.key_id.as_deref(), None, host);
+        self.settled(Some(&denial), pending, host);
         effects::denied(&self.policy, &denial, quota)
+    }
+
+    /// Records how a request that waited on the engine ended.
+    fn settled(&self, denial: Option<&Denial>, pending: &Pending, host: &Host<'_>) {
+        self.record(denial, pending.route, pending.key_id.as_deref(), None, host);
+        if self.policy.access_log {
+            let caller = Caller {
+                org: pending.org.as_deref(),
+                account: pending.account.as_deref(),
+                key_id: pending.key_id.as_deref(),
+            };
+            self.publish(denial, pending.route, &caller, host);
+        }
+    }
+
+    /// Publishes the decision for the access log: `decision` (`allowed`,
+    /// `denied`, `shadow_denied`), `code`, `route`, and what is known of the
+    /// caller (`org`, `account`, `key_id`). Never a credential.
+    fn publish(&self, denial: Option<&Denial>, route: Option<usize>, caller: &Caller<'_>, host: &Host<'_>) {
+        let log = host.access_log;
+        match denial {
+            None => log.set("decision", "allowed"),
+            Some(denial) => {
+                log.set("decision", if self.policy.mode == Mode::Shadow { "shadow_denied" } else { "denied" });
+                log.set("code", denial.code.as_str());
+            }
+        }
+        log.set("route", &crate::route::label(&self.policy.routes, route));
+        for (field, value) in [("org", caller.org), ("account", caller.account), ("key_id", caller.key_id)] {
+            if let Some(value) = value {
+                log.set(field, value);
+            }
+        }
     }
 
     /// Counts a decision and logs a denial (one line, never the credential).
@@ -225,13 +297,14 @@ impl Worker {
             return;
         };
         let shadow = self.policy.mode == Mode::Shadow;
-        host.stats.denied(denial.code, shadow);
+        let route = crate::route::label(&self.policy.routes, route);
+        host.stats.denied(denial.code, shadow, &route);
         log::info!(
             "edge-auth: {} {} ctx={} route={} key={} reason={}",
             if shadow { "shadow-deny" } else { "deny" },
             denial.code.as_str(),
             host.context_id,
-            route.map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
+            route,
             key_id.unwrap_or("-"),
             detail.map_or_else(|| "-".to_owned(), |d| d.to_string()),
         );
@@ -294,6 +367,9 @@ struct Pending {
     /// The caller's most constrained local bucket.
     local: Option<Quota>,
     route: Option<usize>,
+    /// The caller (for logs).
+    org: Option<String>,
+    account: Option<String>,
     key_id: Option<String>,
 }
 

@@ -8,7 +8,7 @@ use crate::decision::Request;
 use crate::denial::{Code, Denial, Reply};
 use crate::effects::{carries, Effects};
 use crate::rate_limit::global::{METHOD, SERVICE};
-use crate::worker::{CallFailed, EngineCall, Host, Next, Settled, Worker};
+use crate::worker::{AccessLog, CallFailed, EngineCall, Host, Next, Settled, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::borrow::Cow;
@@ -57,6 +57,7 @@ impl HttpFilter {
             store: &HostStore,
             signatures: self.signatures.as_ref(),
             stats: metrics,
+            access_log: &FilterState,
             context_id: self.context_id,
         }
     }
@@ -150,5 +151,17 @@ impl HttpContext for HttpFilter {
             self.set_http_response_header(name, Some(&value));
         }
         Action::Continue
+    }
+}
+
+/// The request's filter state: `set_property` stores `edge_auth.<field>` as
+/// `wasm.edge_auth.<field>`, which access logs read with `%FILTER_STATE(…:PLAIN)%`.
+struct FilterState;
+
+impl AccessLog for FilterState {
+    fn set(&self, field: &str, value: &str) {
+        let name = format!("edge_auth.{field}");
+        // A log field that cannot be set must not fail the request.
+        let _ = proxy_wasm::hostcalls::set_property(vec![name.as_str()], Some(value.as_bytes()));
     }
 }

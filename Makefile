@@ -30,8 +30,12 @@ $(VENV)/.installed: e2e/requirements.txt
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r e2e/requirements.txt
 	touch $@
 
+# `make run POLICY=path/to/policy.json` runs your own policy; edits to it
+# apply within a second (envoy/run_local.py, docs/quickstart.md).
+POLICY ?= envoy/policy.json
+
 run: wasm cli venv
-	$(PYTHON) envoy/run_local.py
+	$(PYTHON) envoy/run_local.py --policy $(POLICY)
 
 test: lint unit e2e
 

@@ -44,6 +44,7 @@ def policy(**overrides):
         MINTED["record"],
     ]
     doc = {
+        "reserved_accounts": ["kataven-admin"],
         "api_keys": {"keys": keys, "revoked": ["key_revoked"]},
         "routes": [
             {"prefix": "/public", "auth": "none"},

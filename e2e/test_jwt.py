@@ -13,6 +13,7 @@ API_KEY = "sk_live_acme_JwtSuiteKey01"
 
 def policy():
     return {
+        "reserved_accounts": ["kataven-admin"],
         "api_keys": {"keys": [{"id": "key_1", "hash": key_hash(API_KEY), "org": "o", "account": "acme"}]},
         "jwt": {"providers": [{
             "name": "console", "issuer": ISSUER, "audiences": ["api"],

@@ -61,7 +61,7 @@ BAD_POLICIES = [
     ({"api_keys": {"keys": [key_record(plan="gold")]}, "rate_limits": {"plans": {}}},
      "api_keys.keys[0].plan: unknown plan 'gold'"),
     ({"api_keys": {"keys": [key_record()]}, "mode": "audit"}, "mode: unknown variant `audit`"),
-    ("{not json", "config: key must be a string"),
+    ("{not json", "key must be a string"),
 ]
 
 

@@ -11,11 +11,14 @@ import yaml
 from harness import CLI, ENVOY_BIN, ROOT, WASM, shipped_policy_text
 
 DEMO_PEPPER = "demo-pepper-not-for-production"
+DEMO_JWT_SECRET = "demo-jwt-secret-not-for-production-0001"
+# What envoy/run_local.py and docker-compose give the demo policy's *_env variables.
+DEMO_ENV = {"EDGE_AUTH_PEPPER": DEMO_PEPPER, "EDGE_AUTH_DEMO_JWT_SECRET": DEMO_JWT_SECRET}
 ENVOY_CONFIGS = ["envoy/envoy.yaml"]
 
 
 def policy_check(path):
-    env = {**os.environ, "EDGE_AUTH_PEPPER": DEMO_PEPPER}
+    env = {**os.environ, **DEMO_ENV}
     return subprocess.run([str(CLI), "policy", "check", str(path)], capture_output=True, text=True, env=env)
 
 
@@ -24,7 +27,7 @@ def test_real_envoy_validates_every_shipped_config(config):
     # Validate mode loads the module and configures it, so a bad policy fails here too.
     out = subprocess.run(
         [str(ENVOY_BIN), "--mode", "validate", "-c", config, "-l", "error"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "EDGE_AUTH_PEPPER": DEMO_PEPPER}, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **DEMO_ENV}, timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK" in out.stdout + out.stderr
@@ -82,7 +85,7 @@ def test_docker_compose_runs_the_shipped_config_and_module():
         "typed_config"]["http_filters"][0]["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"]
     assert mounts["./envoy.yaml"] == f"{envoy['working_dir']}/envoy/envoy.yaml"
     assert mounts["../" + str(WASM.relative_to(ROOT))] == f"{envoy['working_dir']}/{wasm_path}"
-    assert envoy["environment"]["EDGE_AUTH_PEPPER"] == DEMO_PEPPER
+    assert envoy["environment"] == DEMO_ENV
     upstream_mounts = [v.split(":")[0] for v in compose["services"]["upstream"]["volumes"]]
     assert "./keyset.json" in upstream_mounts and "./demo_upstream.py" in upstream_mounts
 
@@ -114,3 +117,31 @@ def test_the_limiter_manifests_agree_with_each_other():
     address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
     assert listen == f"{address['address']}:{address['port_value']}"
     assert "http2_protocol_options" in json.dumps(cluster)
+
+
+def test_the_envoy_gateway_manifests_agree_and_carry_a_valid_policy(tmp_path):
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "envoy/gateway/edge-auth.yaml").read_text())}
+    secret, proxy, gateway = docs["Secret"], docs["EnvoyProxy"], docs["Gateway"]
+    route, policy = docs["HTTPRoute"], docs["EnvoyExtensionPolicy"]
+    namespaces = {d["metadata"]["namespace"] for d in docs.values()}
+    assert len(namespaces) == 1
+    assert gateway["spec"]["infrastructure"]["parametersRef"] == {
+        "group": "gateway.envoyproxy.io", "kind": "EnvoyProxy", "name": proxy["metadata"]["name"]}
+    env = proxy["spec"]["provider"]["kubernetes"]["envoyDeployment"]["container"]["env"]
+    ref = env[0]["valueFrom"]["secretKeyRef"]
+    assert ref["name"] == secret["metadata"]["name"] and ref["key"] in secret["stringData"]
+    assert [p["name"] for p in route["spec"]["parentRefs"]] == [gateway["metadata"]["name"]]
+    assert policy["spec"]["targetRefs"] == [
+        {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "name": route["metadata"]["name"]}]
+    (wasm,) = policy["spec"]["wasm"]
+    assert wasm["failOpen"] is False and wasm["rootID"] == "edge_auth"
+    config = wasm["config"]
+    pepper_env = config["api_keys"]["pepper_env"]
+    assert wasm["env"]["hostKeys"] == [pepper_env] == [e["name"] for e in env]
+    assert "pepper" not in json.dumps(config).replace("pepper_env", "")
+    version = re.search(r'^version = "(.*)"', (ROOT / "Cargo.toml").read_text(), re.M).group(1)
+    assert wasm["code"]["type"] == "Image" and wasm["code"]["image"]["url"].endswith(f"/edge-auth:{version}")
+    path = tmp_path / "gateway-policy.json"
+    path.write_text(json.dumps(config))
+    out = policy_check(path)
+    assert out.returncode == 0, out.stderr

@@ -557,6 +557,7 @@ mod tests {
     fn policy() -> Policy {
         let json = format!(
             r#"{{
+              "reserved_accounts": ["kataven-admin"],
               "api_keys": {{
                 "keys": [
                   {{"id":"k_acme","hash":"{}","org":"org_1","account":"acme","scopes":["agents:read"]}},

@@ -86,7 +86,7 @@ pub fn parse(policy: &Policy, kind: Kind, body: &[u8]) -> Result<Document, Confi
         }
         Kind::Jwks(_) => {
             let set: JwkSetDoc = serde_json::from_slice(body).map_err(|e| ConfigError::new("jwks", e.to_string()))?;
-            let keys = verify_keys(&set, "jwks")?;
+            let keys = verify_keys(&set, "jwks", None)?;
             Ok(Document::Jwks(keys))
         }
     }

@@ -48,8 +48,14 @@ pub enum PathMatch {
     Exact(String),
 }
 
+/// What metrics and logs call the route no rule matched.
+pub const DEFAULT_ROUTE_LABEL: &str = "default";
+const MAX_NAME_LEN: usize = 64;
+
 #[derive(Debug)]
 pub struct Route {
+    /// `[a-z0-9_.-]`, unique: a metric label and the log's name for the route.
+    pub name: Option<String>,
     pub path: PathMatch,
     /// Upper-case methods; empty means any.
     pub methods: Vec<String>,
@@ -65,6 +71,7 @@ pub struct Route {
 
 /// What applies to a request no route matches.
 pub static DEFAULT_ROUTE: Route = Route {
+    name: None,
     path: PathMatch::Exact(String::new()),
     methods: Vec::new(),
     auth: Auth::Required,
@@ -78,6 +85,18 @@ impl Route {
     /// Compiles `routes[i]`; `at` names it in errors, `webhooks` are the
     /// names of the policy's webhooks.
     pub fn compile(doc: &RouteDoc, at: &str, webhooks: &[&str]) -> Result<Self, ConfigError> {
+        if let Some(name) = &doc.name {
+            let allowed = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_.-".contains(&b);
+            if name.is_empty() || name.len() > MAX_NAME_LEN || !name.bytes().all(allowed) {
+                return Err(ConfigError::new(
+                    format!("{at}.name"),
+                    format!("1 to {MAX_NAME_LEN} of a-z, 0-9, '_', '.', '-'"),
+                ));
+            }
+            if name == DEFAULT_ROUTE_LABEL {
+                return Err(ConfigError::new(format!("{at}.name"), "'default' names requests no route matches"));
+            }
+        }
         let path = match (&doc.prefix, &doc.path) {
             (Some(p), None) => PathMatch::Prefix(p.clone()),
             (None, Some(p)) => PathMatch::Exact(p.clone()),
@@ -159,6 +178,7 @@ impl Route {
             }
         };
         Ok(Self {
+            name: doc.name.clone(),
             path,
             methods: doc.methods.clone(),
             auth,
@@ -190,6 +210,32 @@ impl Route {
     }
 }
 
+/// How metrics and logs name the route at `index` (`None`: no route
+/// matched): its name, else `routes[i]`, else `default`.
+pub fn label(routes: &[Route], index: Option<usize>) -> String {
+    match index.map(|i| (i, routes.get(i).and_then(|r| r.name.as_deref()))) {
+        Some((_, Some(name))) => name.to_owned(),
+        Some((i, None)) => format!("routes[{i}]"),
+        None => DEFAULT_ROUTE_LABEL.to_owned(),
+    }
+}
+
+/// Compiles `routes`, whose names must be unique.
+/// Compiles `routes`; `webhooks` are the names of the policy's webhooks.
+pub fn compile_all(docs: &[RouteDoc], webhooks: &[&str]) -> Result<Vec<Route>, ConfigError> {
+    let mut names = std::collections::HashSet::new();
+    docs.iter()
+        .enumerate()
+        .map(|(i, doc)| {
+            let at = format!("routes[{i}]");
+            if doc.name.as_ref().is_some_and(|name| !names.insert(name)) {
+                return Err(ConfigError::new(format!("{at}.name"), "duplicate route name"));
+            }
+            Route::compile(doc, &at, webhooks)
+        })
+        .collect()
+}
+
 /// Whether a configured (upper-case) method covers the request's. Methods
 /// compare without case, since some upstreams upper-case them before
 /// routing; and GET covers HEAD, which most frameworks serve with the GET
@@ -217,6 +263,7 @@ mod tests {
 
     fn route(path: PathMatch, methods: &[&str]) -> Route {
         Route {
+            name: None,
             path,
             methods: methods.iter().map(|m| m.to_string()).collect(),
             auth: Auth::None,
@@ -286,5 +333,22 @@ mod tests {
         // Case that decides nothing is fine: both readings give the same route.
         assert_eq!(find(&routes, "/v1/admin/ABC", "GET").unwrap().0, Some(0));
         assert_eq!(find(&routes, "/Other/X", "GET").unwrap().0, None);
+    }
+
+    #[test]
+    fn names_are_checked_unique_and_label_the_route() {
+        let docs = |json: &str| serde_json::from_str::<Vec<RouteDoc>>(json).unwrap();
+        let routes = compile_all(&docs(r#"[{"name":"agents.v1","prefix":"/a"},{"prefix":"/b"}]"#), &[]).unwrap();
+        assert_eq!(label(&routes, Some(0)), "agents.v1");
+        assert_eq!(label(&routes, Some(1)), "routes[1]");
+        assert_eq!(label(&routes, None), "default");
+        let err = |json: &str| compile_all(&docs(json), &[]).unwrap_err().to_string();
+        assert_eq!(
+            err(r#"[{"name":"a","prefix":"/a"},{"name":"a","prefix":"/b"}]"#),
+            "routes[1].name: duplicate route name"
+        );
+        assert!(err(r#"[{"name":"Agents","prefix":"/a"}]"#).starts_with("routes[0].name: 1 to 64 of"));
+        assert!(err(r#"[{"name":"","prefix":"/a"}]"#).starts_with("routes[0].name:"));
+        assert!(err(r#"[{"name":"default","prefix":"/a"}]"#).starts_with("routes[0].name: 'default'"));
     }
 }

@@ -26,7 +26,9 @@ use std::cell::{OnceCell, RefCell};
 /// Counters the host keeps (Envoy stats).
 pub trait Stats {
     fn allowed(&self);
-    fn denied(&self, code: Code, shadow: bool);
+    /// A denial (or a would-be one in shadow mode) on the route `route`
+    /// names (see [`crate::route::label`]).
+    fn denied(&self, code: Code, shadow: bool, route: &str);
     fn rate_limit(&self, result: &ChargeResult);
     fn engine(&self, event: EngineEvent);
 }
@@ -44,6 +46,35 @@ pub enum EngineEvent {
     Stranded(u64),
 }
 
+/// Where a request's decision is published for access logs (Envoy filter
+/// state), when the policy asks for it.
+pub trait AccessLog {
+    /// Sets `edge_auth.<field>` for this request.
+    fn set(&self, field: &str, value: &str);
+}
+
+/// Who a request proved to be, as far as the decision got: for access logs.
+#[derive(Debug, Clone, Copy)]
+struct Caller<'a> {
+    org: Option<&'a str>,
+    account: Option<&'a str>,
+    key_id: Option<&'a str>,
+}
+
+impl<'a> Caller<'a> {
+    fn of(decision: &'a Decision<'_>) -> Self {
+        let identity = match &decision.verdict {
+            Verdict::Allow(identity) => identity.as_ref(),
+            Verdict::Deny(_) => None,
+        };
+        Self {
+            org: identity.and_then(|i| i.org.as_deref()),
+            account: identity.and_then(|i| i.account.as_deref()),
+            key_id: decision.key_id,
+        }
+    }
+}
+
 /// What a request needs from its host.
 pub struct Host<'a> {
     /// Unix nanoseconds.
@@ -51,6 +82,7 @@ pub struct Host<'a> {
     pub store: &'a dyn SharedStore,
     pub signatures: &'a dyn SignatureHost,
     pub stats: &'a dyn Stats,
+    pub access_log: &'a dyn AccessLog,
     /// Names the request in logs.
     pub context_id: u32,
 }
@@ -132,16 +164,20 @@ impl Worker {
         }
         let effects = effects::of(&self.policy, &decision);
         let local = decision.quota();
-        let next = match (decision.global, &self.policy.engine) {
+        let global = decision.global.take();
+        let caller = Caller::of(&decision);
+        let next = match (global, &self.policy.engine) {
             (Some(Global::Ask(ask)), Some(engine)) => {
                 host.stats.engine(EngineEvent::Asked);
                 let pending = Pending {
                     forward: effects.into_owned(),
                     local,
                     route: decision.route,
-                    key_id: decision.key_id.map(str::to_owned),
+                    org: caller.org.map(str::to_owned),
+                    account: caller.account.map(str::to_owned),
+                    key_id: caller.key_id.map(str::to_owned),
                 };
-                Next::Ask(EngineCall::new(&self.policy, engine, ask, pending))
+                Next::Ask(Box::new(EngineCall::new(&self.policy, engine, ask, pending)))
             }
             (global, _) => {
                 if global == Some(Global::Leased) {
@@ -152,6 +188,9 @@ impl Worker {
                     Verdict::Deny(denial) => Some(denial),
                 };
                 self.record(denial, decision.route, decision.key_id, decision.detail, host);
+                if self.policy.access_log {
+                    self.publish(denial, decision.route, &caller, host);
+                }
                 Next::Apply(effects)
             }
         };
@@ -217,14 +256,14 @@ impl Worker {
                 let leased = u64::from(ask.hits).saturating_sub(1);
                 let global = response.statuses.iter().map(|s| quota_of(s, s.remaining.saturating_add(leased)));
                 let quota = pending.local.into_iter().chain(global).min_by_key(|q| q.remaining);
-                self.record(None, pending.route, pending.key_id.as_deref(), None, host);
+                self.settled(None, &pending, host);
                 Settled::Done(with_quota(pending.forward, quota))
             }
             Some(response) if response.overall == rls_wire::Code::OverLimit && ask.hits > 1 => {
                 // A lease that no longer fits may still leave room for this request.
                 let again = Ask { hits: 1, ..ask };
                 host.stats.engine(EngineEvent::Asked);
-                Settled::Again(EngineCall::new(&self.policy, engine, again, pending))
+                Settled::Again(Box::new(EngineCall::new(&self.policy, engine, again, pending)))
             }
             Some(response) if response.overall == rls_wire::Code::OverLimit => {
                 let over = response.statuses.iter().filter(|s| s.code == rls_wire::Code::OverLimit);
@@ -239,7 +278,7 @@ impl Worker {
                 host.stats.engine(EngineEvent::Failed);
                 match engine.failure_mode {
                     FailureMode::Allow => {
-                        self.record(None, pending.route, pending.key_id.as_deref(), None, host);
+                        self.settled(None, &pending, host);
                         Settled::Done(pending.forward)
                     }
                     FailureMode::Deny => {
@@ -252,8 +291,41 @@ impl Worker {
     }
 
     fn refuse(&self, pending: &Pending, denial: Denial, quota: Option<Quota>, host: &Host<'_>) -> Effects<'static> {
-        self.record(Some(&denial), pending.route, pending.key_id.as_deref(), None, host);
+        self.settled(Some(&denial), pending, host);
         effects::denied(&self.policy, &denial, quota)
+    }
+
+    /// Records how a request that waited on the engine ended.
+    fn settled(&self, denial: Option<&Denial>, pending: &Pending, host: &Host<'_>) {
+        self.record(denial, pending.route, pending.key_id.as_deref(), None, host);
+        if self.policy.access_log {
+            let caller = Caller {
+                org: pending.org.as_deref(),
+                account: pending.account.as_deref(),
+                key_id: pending.key_id.as_deref(),
+            };
+            self.publish(denial, pending.route, &caller, host);
+        }
+    }
+
+    /// Publishes the decision for the access log: `decision` (`allowed`,
+    /// `denied`, `shadow_denied`), `code`, `route`, and what is known of the
+    /// caller (`org`, `account`, `key_id`). Never a credential.
+    fn publish(&self, denial: Option<&Denial>, route: Option<usize>, caller: &Caller<'_>, host: &Host<'_>) {
+        let log = host.access_log;
+        match denial {
+            None => log.set("decision", "allowed"),
+            Some(denial) => {
+                log.set("decision", if self.policy.mode == Mode::Shadow { "shadow_denied" } else { "denied" });
+                log.set("code", denial.code.as_str());
+            }
+        }
+        log.set("route", &crate::route::label(&self.policy.routes, route));
+        for (field, value) in [("org", caller.org), ("account", caller.account), ("key_id", caller.key_id)] {
+            if let Some(value) = value {
+                log.set(field, value);
+            }
+        }
     }
 
     /// Counts a decision and logs a denial (one line, never the credential).
@@ -270,13 +342,14 @@ impl Worker {
             return;
         };
         let shadow = self.policy.mode == Mode::Shadow;
-        host.stats.denied(denial.code, shadow);
+        let route = crate::route::label(&self.policy.routes, route);
+        host.stats.denied(denial.code, shadow, &route);
         log::info!(
             "edge-auth: {} {} ctx={} route={} key={} reason={}",
             if shadow { "shadow-deny" } else { "deny" },
             denial.code.as_str(),
             host.context_id,
-            route.map_or_else(|| "default".to_owned(), |i| format!("routes[{i}]")),
+            route,
             key_id.unwrap_or("-"),
             detail.map_or_else(|| "-".to_owned(), |d| d.to_string()),
         );
@@ -310,7 +383,7 @@ pub enum Next<'w> {
     Body(BodyCheck),
     /// Pause the request, make this engine call, and hand its answer to
     /// [`Worker::settle`].
-    Ask(EngineCall),
+    Ask(Box<EngineCall>),
 }
 
 /// A gRPC call to the fleet-wide engine, and the request waiting on it.
@@ -343,6 +416,9 @@ struct Pending {
     /// The caller's most constrained local bucket.
     local: Option<Quota>,
     route: Option<usize>,
+    /// The caller (for logs).
+    org: Option<String>,
+    account: Option<String>,
     key_id: Option<String>,
 }
 
@@ -363,7 +439,7 @@ pub struct CallFailed;
 pub enum Settled {
     Done(Effects<'static>),
     /// Ask again (a lease the engine refused; now for the request alone).
-    Again(EngineCall),
+    Again(Box<EngineCall>),
 }
 
 #[cfg(test)]
@@ -382,11 +458,15 @@ mod tests {
         fn allowed(&self) {
             self.0.borrow_mut().push("allowed".into());
         }
-        fn denied(&self, code: Code, shadow: bool) {
+        fn denied(&self, code: Code, shadow: bool, _route: &str) {
             self.0.borrow_mut().push(format!("{}{}", if shadow { "shadow " } else { "" }, code.as_str()));
         }
         fn rate_limit(&self, _: &ChargeResult) {}
         fn engine(&self, _: EngineEvent) {}
+    }
+
+    impl AccessLog for Counted {
+        fn set(&self, _: &str, _: &str) {}
     }
 
     const SECRET: &str = "kaie-webhook-secret-0123456789";
@@ -406,7 +486,14 @@ mod tests {
     /// The request's headers through `handle`, then its body, if asked for.
     fn call(worker: &Worker, headers: &[(&str, &str)], body: Body<'_>, stats: &Counted) -> Effects<'static> {
         let store = MemoryStore::default();
-        let host = Host { now_ns: NOW_S * NANOS, store: &store, signatures: &NoSignatureHost, stats, context_id: 1 };
+        let host = Host {
+            now_ns: NOW_S * NANOS,
+            store: &store,
+            signatures: &NoSignatureHost,
+            stats,
+            access_log: stats,
+            context_id: 1,
+        };
         let request = Request { method: "POST", path: "/webhooks/kaie", headers };
         match worker.handle(&request, &host).next {
             Next::Apply(effects) => effects.into_owned(),

@@ -218,7 +218,7 @@ fn json_web_signature() {
         let tc = test["tcId"].as_u64().unwrap();
         // The verifying key: the public half, or the HMAC key itself.
         let jwk = group.get("public").unwrap_or(&group["private"]);
-        let keys = match verify_keys(&key_set(jwk), "jwks") {
+        let keys = match verify_keys(&key_set(jwk), "jwks", None) {
             Ok(keys) => Some(keys),
             // Short HMAC keys (the `base64` group's 15 bytes) are refused by
             // policy (≥ 32 bytes); their vectors test base64url and the MAC,
@@ -250,7 +250,7 @@ fn json_web_key() {
         let set = group.get("public").unwrap_or(&group["private"]);
         let token = test["jws"].as_str().unwrap();
         // A refused key set refuses every token.
-        let accepted = verify_keys(&key_set(set), "jwks").is_ok_and(|keys| jws_accepted(&keys, token));
+        let accepted = verify_keys(&key_set(set), "jwks", None).is_ok_and(|keys| jws_accepted(&keys, token));
         let exception = departure(JWK_DEPARTURES, tc).or_else(|| unsupported(token, test));
         tally.record(tc, is_valid(test), exception, accepted);
     }
@@ -264,7 +264,7 @@ fn ecdsa_p256_sha256_p1363() {
     for (group, test) in tests(&doc) {
         let tc = test["tcId"].as_u64().unwrap();
         let key = match group.get("publicKeyJwk") {
-            Some(jwk) => verify_keys(&key_set(jwk), "jwks").unwrap().remove(0),
+            Some(jwk) => verify_keys(&key_set(jwk), "jwks", None).unwrap().remove(0),
             // A few groups carry no JWK; their point is the same material.
             None => {
                 let point = hex(group["publicKey"]["uncompressed"].as_str().unwrap());
@@ -287,7 +287,7 @@ fn rsa_pkcs1_2048_sha256() {
     let mut tally = Tally::new("rsa_signature_2048_sha256_test.json", &doc);
     for (group, test) in tests(&doc) {
         let tc = test["tcId"].as_u64().unwrap();
-        let key = verify_keys(&key_set(&group["keyJwk"]), "jwks").unwrap().remove(0);
+        let key = verify_keys(&key_set(&group["keyJwk"]), "jwks", None).unwrap().remove(0);
         let (message, signature) = (hex(test["msg"].as_str().unwrap()), hex(test["sig"].as_str().unwrap()));
         let accepted = verify_signature(&key, &TestHost, &message, &signature);
         // `acceptable` (MissingNull: DigestInfo without the NULL parameters):
@@ -309,7 +309,7 @@ fn hmac_sha256() {
         let jwk = serde_json::json!({"kty": "oct", "k": b64(&k)});
         // Keys under 32 bytes are refused by policy; the MAC itself is still
         // checked with the key as VerifyKey::new builds it.
-        let key = verify_keys(&key_set(&jwk), "jwks")
+        let key = verify_keys(&key_set(&jwk), "jwks", None)
             .map(|mut keys| keys.remove(0))
             .unwrap_or_else(|_| VerifyKey::new(&Jwk { kid: None, material: KeyMaterial::Oct(k) }).unwrap());
         let (message, tag) = (hex(test["msg"].as_str().unwrap()), hex(test["tag"].as_str().unwrap()));

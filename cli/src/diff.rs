@@ -2,12 +2,15 @@
 //! (`edge-auth policy diff OLD NEW`).
 //!
 //! Both documents are read by the filter's own parser, so defaults are filled
-//! in: leaving out a field that had its default value is no change. Keys are
-//! compared by id, plans and JWT providers by name, routes as an ordered list
-//! (order decides which rule applies), and every other field by path.
+//! in: leaving out a field that had its default value is no change, and an
+//! absent field is no `null`. Keys are compared by id, plans and JWT providers
+//! by name, routes as an ordered list (order decides which rule applies), and
+//! every other field by path. Secrets (an `oct` JWK's `k`, anything named like
+//! a secret) appear only as fingerprints.
 
 use edge_auth::config::PolicyDoc;
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// One line per change, grouped by section.
@@ -38,7 +41,43 @@ pub fn diff(old: &PolicyDoc, new: &PolicyDoc) -> Vec<String> {
 }
 
 fn normalise(doc: &PolicyDoc) -> Value {
-    serde_json::to_value(doc).unwrap_or(Value::Null)
+    let mut value = serde_json::to_value(doc).unwrap_or(Value::Null);
+    clean(&mut value, false);
+    value
+}
+
+/// Drops absent (`null`) members and replaces secrets with fingerprints.
+fn clean(value: &mut Value, secret: bool) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            for (name, v) in map.iter_mut() {
+                clean(v, is_secret(name));
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|v| clean(v, secret)),
+        Value::String(text) if secret => *text = fingerprint(text),
+        _ => {}
+    }
+}
+
+/// Member names that hold secret material: a JWK's `k` (and the private
+/// members a careless JWK may carry), and anything named like a secret. Names
+/// of environment variables (`*_env`) are not secrets.
+fn is_secret(name: &str) -> bool {
+    const JWK_PRIVATE: [&str; 7] = ["k", "d", "p", "q", "dp", "dq", "qi"];
+    let name = name.to_ascii_lowercase();
+    !name.ends_with("_env")
+        && (JWK_PRIVATE.contains(&name.as_str())
+            || ["secret", "password", "pepper", "private_key"].iter().any(|word| name.ends_with(word)))
+}
+
+/// Names a secret without revealing it: `sha256:` and the first 8 bytes of its
+/// SHA-256, enough to see that it changed.
+fn fingerprint(secret: &str) -> String {
+    let digest = Sha256::digest(secret.as_bytes());
+    let hex: String = digest.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
 }
 
 /// Removes and returns the value at `path` (or `null`), so the generic field
@@ -144,7 +183,9 @@ fn by_name(out: &mut Vec<String>, what: &str, old: BTreeMap<String, Value>, new:
         match old.get(name) {
             None => out.push(format!("{what} + {name} {}", compact(value))),
             Some(before) if before != value => {
-                out.push(format!("{what} ~ {name}: {} -> {}", compact(before), compact(value)));
+                let mut changes = Vec::new();
+                fields(&mut changes, "", before, value);
+                out.extend(changes.iter().map(|change| format!("{what} ~ {name}: {change}")));
             }
             Some(_) => {}
         }
@@ -154,17 +195,29 @@ fn by_name(out: &mut Vec<String>, what: &str, old: BTreeMap<String, Value>, new:
     }
 }
 
-/// Every remaining leaf that differs, by dotted path.
+/// Every remaining leaf that differs, by dotted path; an object that appears
+/// or disappears is shown leaf by leaf, and an absent value as `(none)`.
 fn fields(out: &mut Vec<String>, path: &str, old: &Value, new: &Value) {
-    match (old, new) {
-        (Value::Object(a), Value::Object(b)) => {
+    let empty = Map::new();
+    fn object<'v>(v: &'v Value, empty: &'v Map<String, Value>) -> Option<&'v Map<String, Value>> {
+        match v {
+            Value::Object(map) => Some(map),
+            Value::Null => Some(empty),
+            _ => None,
+        }
+    }
+    match (object(old, &empty), object(new, &empty)) {
+        (Some(a), Some(b)) if !(old.is_null() && new.is_null()) => {
             let names: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for name in names {
                 let child = if path.is_empty() { name.clone() } else { format!("{path}.{name}") };
                 fields(out, &child, a.get(name).unwrap_or(&Value::Null), b.get(name).unwrap_or(&Value::Null));
             }
         }
-        (a, b) if a != b => out.push(format!("{path}: {} -> {}", compact(a), compact(b))),
+        _ if old != new => {
+            let show = |v: &Value| if v.is_null() { "(none)".to_owned() } else { compact(v) };
+            out.push(format!("{path}: {} -> {}", show(old), show(new)));
+        }
         _ => {}
     }
 }
@@ -222,5 +275,39 @@ mod tests {
         }
         assert!(out.iter().any(|l| l.starts_with("route + routes[2]") && l.contains("/c")), "{out:#?}");
         assert_eq!(out.len(), 11, "{out:#?}");
+    }
+
+    #[test]
+    fn secrets_show_as_fingerprints_and_absent_fields_make_no_noise() {
+        let jwt = |k: &str| {
+            format!(
+                r#"{{"jwt":{{"providers":[{{"name":"p","issuer":"i","algorithms":["HS256"],
+                    "jwks":{{"keys":[{{"kty":"oct","kid":"a","k":"{k}"}}]}}}}]}}}}"#
+            )
+        };
+        let (old_k, new_k) =
+            ("MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY", "ZmVkY2JhOTg3NjU0MzIxMGZlZGNiYTk4NzY1NDMyMTA");
+        let out = lines(&jwt(old_k), &jwt(new_k));
+        assert_eq!(out.len(), 1, "{out:#?}");
+        let line = &out[0];
+        assert!(line.starts_with("jwt provider ~ p: jwks.keys: "), "{line}");
+        assert!(line.contains(&fingerprint(old_k)) && line.contains(&fingerprint(new_k)), "{line}");
+        assert!(!line.contains(old_k) && !line.contains(new_k) && !line.contains("null"), "{line}");
+        let added = lines(r#"{"api_keys":{}}"#, &format!(r#"{{"api_keys":{{}},{}"#, &jwt(old_k)[1..]));
+        assert!(added.iter().all(|l| !l.contains(old_k) && !l.contains("null")), "{added:#?}");
+        let plans = lines(
+            r#"{"api_keys":{}}"#,
+            r#"{"api_keys":{},"rate_limits":{"plans":{"s":[{"name":"b","requests":1,"per_s":1}]},"default_plan":"s"}}"#,
+        );
+        assert_eq!(
+            plans,
+            [r#"plan + s [{"name":"b","per_s":1,"requests":1}]"#, r#"rate_limits.default_plan: (none) -> "s""#]
+        );
+    }
+
+    #[test]
+    fn secret_names() {
+        assert!(is_secret("k") && is_secret("client_secret") && is_secret("pepper"));
+        assert!(!is_secret("k_env") && !is_secret("secret_env") && !is_secret("secret_prefixes") && !is_secret("kid"));
     }
 }

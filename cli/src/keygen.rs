@@ -1,4 +1,6 @@
-//! Minting new API keys: `<prefix><account>_<secret>` and the record to store.
+//! Minting new API keys: `<prefix><account>_<secret>` (the account inside,
+//! checked against the record's), or an opaque `<prefix><secret>`, and the
+//! record to store.
 
 use edge_auth::api_key::KeyHasher;
 use edge_auth::config::KeyRecordDoc;
@@ -16,8 +18,16 @@ pub struct NewKey {
     pub record: KeyRecordDoc,
 }
 
+/// A key's default prefix when it carries its account.
+pub const DEFAULT_PREFIX: &str = "sk_live_";
+/// The filter's default prefixes: a key starting with one must carry an account.
+const ACCOUNT_PREFIXES: [&str; 4] = ["sk_live_", "sk_test_", "pk_live_", "pk_test_"];
+
 pub struct KeySpec {
-    pub prefix: String,
+    /// `None`: `sk_live_`, or nothing for an opaque key.
+    pub prefix: Option<String>,
+    /// Leave the account out of the key (as an empty prefix does).
+    pub opaque: bool,
     pub account: String,
     pub org: String,
     pub scopes: Vec<String>,
@@ -44,8 +54,34 @@ pub fn random_base62(len: usize) -> Result<String, getrandom::Error> {
     Ok(out)
 }
 
+impl KeySpec {
+    /// Whether the key leaves the account out.
+    fn is_opaque(&self) -> bool {
+        self.opaque || self.prefix.as_deref() == Some("")
+    }
+
+    /// Refuses a prefix the filter would read differently: an opaque key under
+    /// a prefix the filter expects an account after, or one a header cannot carry.
+    pub fn check_form(&self) -> Result<(), String> {
+        let prefix = self.prefix.as_deref().unwrap_or_default();
+        if self.is_opaque() {
+            if let Some(p) = ACCOUNT_PREFIXES.iter().find(|p| prefix.starts_with(**p)) {
+                return Err(format!("--opaque: keys starting with {p} must carry their account"));
+            }
+        }
+        if prefix.contains(|c: char| !c.is_ascii_graphic() || c == ',') {
+            return Err("--prefix: visible ASCII without ','".into());
+        }
+        Ok(())
+    }
+}
+
 pub fn mint(spec: KeySpec, hasher: &KeyHasher) -> Result<NewKey, getrandom::Error> {
-    let key = format!("{}{}_{}", spec.prefix, spec.account, random_base62(SECRET_LEN)?);
+    let secret = random_base62(SECRET_LEN)?;
+    let key = match (spec.is_opaque(), spec.prefix.as_deref()) {
+        (true, prefix) => format!("{}{secret}", prefix.unwrap_or_default()),
+        (false, prefix) => format!("{}{}_{secret}", prefix.unwrap_or(DEFAULT_PREFIX), spec.account),
+    };
     let id = format!("key_{}", random_base62(ID_LEN)?);
     let record = KeyRecordDoc {
         id,
@@ -68,7 +104,8 @@ mod tests {
     fn minted_keys_parse_back_and_hash_to_their_record() {
         let hasher = KeyHasher::new(b"pepper").unwrap();
         let spec = KeySpec {
-            prefix: "sk_live_".into(),
+            prefix: None,
+            opaque: false,
             account: "big_co".into(),
             org: "org_1".into(),
             scopes: vec![],
@@ -82,6 +119,31 @@ mod tests {
         assert_eq!(parsed, Credential::ApiKey { key: &new.key, prefix_account: Some("big_co") });
         assert_eq!(new.record.hash, hasher.hash(&new.key).to_hex());
         assert!(new.record.id.starts_with("key_") && new.record.id.len() == 4 + ID_LEN);
+    }
+
+    #[test]
+    fn opaque_keys_leave_the_account_out_and_keep_it_in_the_record() {
+        let hasher = KeyHasher::new(b"pepper").unwrap();
+        let spec = |prefix: Option<&str>, opaque| KeySpec {
+            prefix: prefix.map(str::to_owned),
+            opaque,
+            account: "acme".into(),
+            org: "org_1".into(),
+            scopes: vec![],
+            plan: None,
+            expires_at: None,
+        };
+        let bare = mint(spec(Some(""), false), &hasher).unwrap();
+        assert!(bare.key.len() == SECRET_LEN && !bare.key.contains("acme"));
+        assert_eq!(bare.record.account, "acme");
+        let vendor = mint(spec(Some("acme_live_"), true), &hasher).unwrap();
+        assert!(vendor.key.starts_with("acme_live_") && vendor.key.len() == 10 + SECRET_LEN);
+        let headers = [("x-api-key", vendor.key.as_bytes())];
+        let parsed = extract(&headers, &Prefixes::standard()).unwrap().unwrap().0;
+        assert_eq!(parsed, Credential::ApiKey { key: &vendor.key, prefix_account: None });
+        assert!(spec(Some("sk_live_"), true).check_form().is_err());
+        assert!(spec(Some("sk live"), false).check_form().is_err());
+        assert!(spec(None, true).check_form().is_ok() && spec(None, false).check_form().is_ok());
     }
 
     #[test]

@@ -17,7 +17,9 @@ use std::time::SystemTime;
 const USAGE: &str = "\
 usage:
   edge-auth key new --account ACCOUNT --org ORG [--scopes a,b] [--plan PLAN]
-                    [--expires 90d] [--prefix sk_live_] [--json]
+                    [--expires 90d] [--prefix sk_live_ | --opaque [--prefix P]]
+                    [--account-pattern REGEX] [--json]
+                    (--opaque, or --prefix '': the key does not carry the account)
   edge-auth key hash KEY|-          (- reads the key from standard input)
   edge-auth policy check FILE
   edge-auth policy diff OLD NEW      (what a rollout changes; both must pass check)
@@ -77,7 +79,8 @@ fn pepper() -> Result<KeyHasher, Failure> {
 
 fn key_new(args: &[&str]) -> Result<(), Failure> {
     let mut spec = KeySpec {
-        prefix: "sk_live_".into(),
+        prefix: None,
+        opaque: false,
         account: String::new(),
         org: String::new(),
         scopes: Vec::new(),
@@ -85,36 +88,42 @@ fn key_new(args: &[&str]) -> Result<(), Failure> {
         expires_at: None,
     };
     let mut json = false;
+    let mut pattern = DEFAULT_ACCOUNT_PATTERN.to_owned();
     let mut rest = args.iter();
     while let Some(flag) = rest.next() {
-        if *flag == "--json" {
-            json = true;
-            continue;
-        }
-        let value = rest.next().ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))?;
         match *flag {
-            "--account" => spec.account = value.to_string(),
-            "--org" => spec.org = value.to_string(),
-            "--scopes" => spec.scopes = value.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
-            "--plan" => spec.plan = Some(value.to_string()),
-            "--prefix" => spec.prefix = value.to_string(),
-            "--expires" => {
-                let ttl =
-                    humantime::parse_duration(value).map_err(|e| Failure::Usage(format!("--expires {value}: {e}")))?;
-                let at = SystemTime::now() + ttl;
-                spec.expires_at = Some(humantime::format_rfc3339_seconds(at).to_string());
+            "--json" => json = true,
+            "--opaque" => spec.opaque = true,
+            flag => {
+                let value = rest.next().ok_or_else(|| Failure::Usage(format!("{flag} needs a value")))?;
+                match flag {
+                    "--account" => spec.account = value.to_string(),
+                    "--org" => spec.org = value.to_string(),
+                    "--scopes" => spec.scopes = value.split(',').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+                    "--plan" => spec.plan = Some(value.to_string()),
+                    "--prefix" => spec.prefix = Some(value.to_string()),
+                    "--account-pattern" => pattern = value.to_string(),
+                    "--expires" => {
+                        let ttl = humantime::parse_duration(value)
+                            .map_err(|e| Failure::Usage(format!("--expires {value}: {e}")))?;
+                        let at = SystemTime::now() + ttl;
+                        spec.expires_at = Some(humantime::format_rfc3339_seconds(at).to_string());
+                    }
+                    other => return Err(Failure::Usage(format!("unknown option {other}"))),
+                }
             }
-            other => return Err(Failure::Usage(format!("unknown option {other}"))),
         }
     }
     if spec.org.is_empty() {
         return Err(Failure::Usage("--org is required".into()));
     }
-    let accounts =
-        AccountRules::new(DEFAULT_ACCOUNT_PATTERN, []).map_err(|e| Failure::Failed(format!("account pattern: {e}")))?;
+    spec.check_form().map_err(Failure::Usage)?;
+    // The filter's own rule: the whole account must match the pattern.
+    let accounts = AccountRules::new(&pattern, [])
+        .map_err(|e| Failure::Usage(format!("--account-pattern: invalid regular expression: {e}")))?;
     if !accounts.is_valid(&spec.account) {
         return Err(Failure::Usage(format!(
-            "--account '{}' does not match the account pattern {DEFAULT_ACCOUNT_PATTERN}",
+            "--account '{}' does not match the account pattern {pattern}",
             spec.account
         )));
     }
@@ -144,8 +153,9 @@ fn key_hash(key: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-/// The process environment, with a stand-in for a pepper this machine lacks:
-/// a policy's validity does not depend on the pepper's value.
+/// The process environment, with a stand-in for a secret this machine lacks
+/// (the pepper, an HS256 `k_env`): a policy's validity does not depend on the
+/// secrets' values. The stand-in is long enough for every length check.
 struct CheckEnv;
 
 impl Environment for CheckEnv {

@@ -10,7 +10,8 @@ pub use schema::*;
 
 use std::fmt;
 
-/// A configuration error: the field path and what is wrong with it.
+/// A configuration error: the field path and what is wrong with it. An empty
+/// path means the document as a whole (a syntax error, no credential source).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     pub path: String,
@@ -25,7 +26,11 @@ impl ConfigError {
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
     }
 }
 
@@ -53,11 +58,11 @@ pub fn parse_doc(json: &[u8]) -> Result<PolicyDoc, ConfigError> {
         let path = err.path().to_string();
         // serde_path_to_error writes "." for the root and "?" for syntax errors.
         let path = match path.as_str() {
-            "." | "?" | "" => "config".to_owned(),
+            "." | "?" => String::new(),
             _ => path,
         };
         ConfigError::new(path, err.into_inner().to_string())
     })?;
-    de.end().map_err(|err| ConfigError::new("config", err.to_string()))?;
+    de.end().map_err(|err| ConfigError::new("", err.to_string()))?;
     Ok(doc)
 }

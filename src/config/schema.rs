@@ -22,12 +22,16 @@ pub struct PolicyDoc {
     pub mode: Mode,
     #[serde(default = "default_account_pattern")]
     pub account_pattern: String,
-    #[serde(default = "default_reserved_accounts")]
+    #[serde(default)]
     pub reserved_accounts: Vec<String>,
     #[serde(default)]
     pub identity_headers: IdentityHeadersDoc,
     #[serde(default)]
     pub strip_credentials: bool,
+    /// Publish each decision and identity in Envoy's filter state
+    /// (`wasm.edge_auth.*`) for access logs.
+    #[serde(default)]
+    pub access_log: bool,
     pub api_keys: Option<ApiKeysDoc>,
     pub jwt: Option<JwtDoc>,
     pub rate_limits: Option<RateLimitsDoc>,
@@ -123,10 +127,6 @@ pub const DEFAULT_ACCOUNT_PATTERN: &str = "^[a-z0-9][a-z0-9_-]{0,62}$";
 
 fn default_account_pattern() -> String {
     DEFAULT_ACCOUNT_PATTERN.to_owned()
-}
-
-fn default_reserved_accounts() -> Vec<String> {
-    vec!["kataven-admin".to_owned()]
 }
 
 /// Header names the filter owns: stripped from every request, then set.
@@ -273,16 +273,29 @@ pub struct JwkSetDoc {
 #[derive(Debug, Deserialize, Serialize)]
 pub struct JwkDoc {
     pub kty: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alg: Option<String>,
-    #[serde(rename = "use")]
+    #[serde(rename = "use", default, skip_serializing_if = "Option::is_none")]
     pub use_: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_ops: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub k: Option<String>,
+    /// An `oct` key's secret from this VM environment variable instead of `k`
+    /// (an extension: HS256 secrets need not sit in the policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub k_env: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub n: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub e: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crv: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub x: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub y: Option<String>,
 }
 
@@ -366,6 +379,9 @@ pub enum AuthDoc {
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RouteDoc {
+    /// Names the route in metrics and logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
     pub prefix: Option<String>,
     pub path: Option<String>,
     #[serde(default)]

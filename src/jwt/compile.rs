@@ -1,15 +1,15 @@
 //! JWT providers as configured: checked once, at configuration.
 
 use super::{verify_keys, Algorithm, Provider};
-use crate::config::{ConfigError, ProviderDoc};
+use crate::config::{ConfigError, Environment, ProviderDoc};
 use crate::headers::check_header_name;
 use crate::remote::Endpoint;
 use std::collections::HashSet;
 
 const MAX_CLOCK_SKEW_S: u64 = 3_600;
 
-/// Compiles `jwt.providers`.
-pub fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigError> {
+/// Compiles `jwt.providers`; `env` holds the secrets `k_env` names.
+pub fn compile_providers(docs: &[ProviderDoc], env: &dyn Environment) -> Result<Vec<Provider>, ConfigError> {
     if docs.is_empty() {
         return Err(ConfigError::new("jwt.providers", "needs at least one provider"));
     }
@@ -45,7 +45,7 @@ pub fn compile_providers(docs: &[ProviderDoc]) -> Result<Vec<Provider>, ConfigEr
             return Err(ConfigError::new(at("jwks"), "a provider needs jwks, jwks_source, or both"));
         }
         let keys = match &doc.jwks {
-            Some(set) => verify_keys(set, &at("jwks"))?,
+            Some(set) => verify_keys(set, &at("jwks"), Some(env))?,
             None => Vec::new(),
         };
         let jwks_source =

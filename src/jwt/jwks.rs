@@ -1,7 +1,7 @@
 //! RFC 7517 JWK Sets, checked for weak or unusable key material.
 
 use super::{Algorithm, VerifyKey};
-use crate::config::{ConfigError, JwkSetDoc};
+use crate::config::{ConfigError, Environment, JwkSetDoc};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use std::collections::HashSet;
@@ -50,7 +50,9 @@ pub struct Jwk {
 }
 
 /// Validates a JWK Set; `path` names it in errors (e.g. `jwt.providers[0].jwks`).
-pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError> {
+/// `env` resolves `k_env`: the policy's own sets have one, fetched sets none
+/// (a key server sends key material, never the name of a variable).
+pub fn compile_jwks(set: &JwkSetDoc, path: &str, env: Option<&dyn Environment>) -> Result<Vec<Jwk>, ConfigError> {
     let mut kids = HashSet::new();
     let mut keys = Vec::with_capacity(set.keys.len());
     for (i, doc) in set.keys.iter().enumerate() {
@@ -61,9 +63,16 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
         };
         let material = match doc.kty.as_str() {
             "oct" => {
-                let k = decode("k", &doc.k)?;
+                let (field, k) = match (&doc.k, &doc.k_env, env) {
+                    (Some(_), None, _) => ("k", decode("k", &doc.k)?),
+                    (None, Some(name), Some(env)) => ("k_env", secret_from(env, name, &at("k_env"))?),
+                    (None, Some(_), None) => {
+                        return Err(ConfigError::new(at("k_env"), "only the policy's own jwks may name a variable"))
+                    }
+                    _ => return Err(ConfigError::new(at("k"), "an oct key needs exactly one of k and k_env")),
+                };
                 if k.len() < MIN_OCT_BYTES {
-                    return Err(ConfigError::new(at("k"), format!("oct keys need at least {MIN_OCT_BYTES} bytes")));
+                    return Err(ConfigError::new(at(field), format!("oct keys need at least {MIN_OCT_BYTES} bytes")));
                 }
                 KeyMaterial::Oct(k)
             }
@@ -122,10 +131,22 @@ pub fn compile_jwks(set: &JwkSetDoc, path: &str) -> Result<Vec<Jwk>, ConfigError
     Ok(keys)
 }
 
+/// The secret in environment variable `name`: its value's bytes as they are
+/// (not base64), like the pepper. Errors name the variable, never the value.
+fn secret_from(env: &dyn Environment, name: &str, at: &str) -> Result<Vec<u8>, ConfigError> {
+    if name.is_empty() {
+        return Err(ConfigError::new(at, "names an environment variable"));
+    }
+    match env.var(name) {
+        Some(value) if !value.is_empty() => Ok(value.into_bytes()),
+        _ => Err(ConfigError::new(at, format!("environment variable {name} is missing or empty"))),
+    }
+}
+
 /// A JWK Set's keys, validated and parsed, ready to verify; `path` names the
-/// set in errors (e.g. `jwt.providers[0].jwks`).
-pub fn verify_keys(set: &JwkSetDoc, path: &str) -> Result<Vec<VerifyKey>, ConfigError> {
-    compile_jwks(set, path)?
+/// set in errors (e.g. `jwt.providers[0].jwks`); `env` as for [`compile_jwks`].
+pub fn verify_keys(set: &JwkSetDoc, path: &str, env: Option<&dyn Environment>) -> Result<Vec<VerifyKey>, ConfigError> {
+    compile_jwks(set, path, env)?
         .iter()
         .enumerate()
         .map(|(i, jwk)| VerifyKey::new(jwk).map_err(|why| ConfigError::new(format!("{path}.keys[{i}]"), why)))
@@ -169,7 +190,7 @@ mod tests {
 
     fn compile(json: String) -> Result<Vec<Jwk>, String> {
         let set: JwkSetDoc = serde_json::from_str(&json).unwrap();
-        compile_jwks(&set, "jwks").map_err(|e| e.to_string())
+        compile_jwks(&set, "jwks", None).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -213,14 +234,37 @@ mod tests {
     fn verify_keys_parses_every_key_and_names_the_one_that_fails() {
         let set = |json: String| serde_json::from_str::<JwkSetDoc>(&json).unwrap();
         let oct = format!(r#"{{"kty":"oct","kid":"h","k":"{}"}}"#, b64(&[7; 32]));
-        let keys = verify_keys(&set(format!(r#"{{"keys":[{oct}]}}"#)), "p.jwks").unwrap();
+        let keys = verify_keys(&set(format!(r#"{{"keys":[{oct}]}}"#)), "p.jwks", None).unwrap();
         assert_eq!((keys.len(), keys[0].kid.as_deref(), keys[0].algorithm()), (1, Some("h"), Algorithm::Hs256));
         // 32-byte coordinates that are not a point on P-256 pass compile_jwks; VerifyKey refuses them.
         let off_curve = format!(r#"{{"kty":"EC","crv":"P-256","x":"{0}","y":"{0}"}}"#, b64(&[1; 32]));
-        let err = verify_keys(&set(format!(r#"{{"keys":[{oct},{off_curve}]}}"#)), "p.jwks").unwrap_err();
+        let err = verify_keys(&set(format!(r#"{{"keys":[{oct},{off_curve}]}}"#)), "p.jwks", None).unwrap_err();
         assert_eq!(err.to_string(), "p.jwks.keys[1]: not a point on P-256");
         let short = format!(r#"{{"keys":[{{"kty":"oct","k":"{}"}}]}}"#, b64(&[7; 31]));
-        assert_eq!(verify_keys(&set(short), "p.jwks").unwrap_err().path, "p.jwks.keys[0].k");
+        assert_eq!(verify_keys(&set(short), "p.jwks", None).unwrap_err().path, "p.jwks.keys[0].k");
+    }
+
+    #[test]
+    fn oct_secrets_may_come_from_the_environment_and_errors_never_show_them() {
+        use crate::testing::OnlyVars;
+        const ENV: OnlyVars =
+            OnlyVars(&[("HS_GOOD", "a-secret-of-at-least-thirty-two-bytes!"), ("HS_SHORT", "short-secret-value")]);
+        let set = |key: &str| serde_json::from_str::<JwkSetDoc>(&format!(r#"{{"keys":[{key}]}}"#)).unwrap();
+        let run = |key: &str| compile_jwks(&set(key), "jwks", Some(&ENV)).map_err(|e| e.to_string());
+        let keys = run(r#"{"kty":"oct","kid":"h","k_env":"HS_GOOD"}"#).unwrap();
+        assert_eq!(keys[0].material, KeyMaterial::Oct(b"a-secret-of-at-least-thirty-two-bytes!".to_vec()));
+        let short = run(r#"{"kty":"oct","k_env":"HS_SHORT"}"#).unwrap_err();
+        assert_eq!(short, "jwks.keys[0].k_env: oct keys need at least 32 bytes");
+        assert_eq!(
+            run(r#"{"kty":"oct","k_env":"HS_NONE"}"#).unwrap_err(),
+            "jwks.keys[0].k_env: environment variable HS_NONE is missing or empty"
+        );
+        let both = format!(r#"{{"kty":"oct","k":"{}","k_env":"HS_GOOD"}}"#, b64(&[7; 32]));
+        assert_eq!(run(&both).unwrap_err(), "jwks.keys[0].k: an oct key needs exactly one of k and k_env");
+        assert_eq!(run(r#"{"kty":"oct"}"#).unwrap_err(), "jwks.keys[0].k: an oct key needs exactly one of k and k_env");
+        // A fetched set has no environment to read.
+        let fetched = compile_jwks(&set(r#"{"kty":"oct","k_env":"HS_GOOD"}"#), "jwks", None).unwrap_err();
+        assert_eq!(fetched.path, "jwks.keys[0].k_env");
     }
 
     #[test]

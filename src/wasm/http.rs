@@ -8,7 +8,7 @@ use crate::decision::{BodyCheck, Request};
 use crate::denial::{Code, Denial, ErrorFaces, Reply};
 use crate::effects::{carries, Effects};
 use crate::rate_limit::global::{METHOD, SERVICE};
-use crate::worker::{Body, CallFailed, EngineCall, Host, Next, Settled, Worker};
+use crate::worker::{AccessLog, Body, CallFailed, EngineCall, Host, Next, Settled, Worker};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::borrow::Cow;
@@ -62,6 +62,7 @@ impl HttpFilter {
             store: &HostStore,
             signatures: self.signatures.as_ref(),
             stats: metrics,
+            access_log: &FilterState,
             context_id: self.context_id,
         }
     }
@@ -122,7 +123,7 @@ impl HttpFilter {
     fn finish(&mut self, worker: &Worker, metrics: &Metrics, settled: Settled) -> Action {
         match settled {
             Settled::Done(effects) => self.apply(effects),
-            Settled::Again(call) => self.ask(worker, metrics, call),
+            Settled::Again(call) => self.ask(worker, metrics, *call),
         }
     }
 }
@@ -167,7 +168,7 @@ impl HttpContext for HttpFilter {
             crate::effects::CREDENTIAL_HEADERS.iter().copied().filter(|n| carries(&headers, n)).collect();
         match handled.next {
             Next::Apply(effects) => self.apply(effects),
-            Next::Ask(call) => self.ask(&worker, &metrics, call),
+            Next::Ask(call) => self.ask(&worker, &metrics, *call),
             Next::Body(check) => {
                 self.body_check = Some(check);
                 if end_of_stream {
@@ -206,5 +207,17 @@ impl HttpContext for HttpFilter {
             self.set_http_response_header(name, Some(&value));
         }
         Action::Continue
+    }
+}
+
+/// The request's filter state: `set_property` stores `edge_auth.<field>` as
+/// `wasm.edge_auth.<field>`, which access logs read with `%FILTER_STATE(…:PLAIN)%`.
+struct FilterState;
+
+impl AccessLog for FilterState {
+    fn set(&self, field: &str, value: &str) {
+        let name = format!("edge_auth.{field}");
+        // A log field that cannot be set must not fail the request.
+        let _ = proxy_wasm::hostcalls::set_property(vec![name.as_str()], Some(value.as_bytes()));
     }
 }

@@ -1,6 +1,10 @@
 //! Counters in Envoy's stats (`/stats/prometheus` shows them as
 //! `edge_auth_*`). Every worker VM defines the same names, so Envoy
 //! aggregates them into one counter per name.
+//!
+//! Denials per route are `edge_auth.route.<route>.denied.<code>` (and
+//! `shadow_denied`), defined on first use; the `stats_tags` of the shipped
+//! `envoy/envoy.yaml` turn them into `edge_auth_route_denied{route, code}`.
 
 use crate::denial::Code;
 use crate::fetched::Kind;
@@ -8,6 +12,11 @@ use crate::rate_limit::{Charge, ChargeResult};
 use crate::worker::{EngineEvent, Stats};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+/// The per-route families; the route's label goes between it and the kind.
+const ROUTE_FAMILY: &str = "edge_auth.route";
 
 pub struct Metrics {
     allowed: u32,
@@ -26,6 +35,8 @@ pub struct Metrics {
     jwks_failed: u32,
     keyset_generation: u32,
     keyset_size: u32,
+    /// Per-route counters defined so far, by full name.
+    per_route: RefCell<HashMap<String, u32>>,
 }
 
 impl Metrics {
@@ -56,6 +67,7 @@ impl Metrics {
             jwks_failed: counter("edge_auth.jwks.refresh_failed")?,
             keyset_generation: gauge("edge_auth.keyset.generation")?,
             keyset_size: gauge("edge_auth.keyset.size")?,
+            per_route: RefCell::default(),
         })
     }
 
@@ -83,8 +95,20 @@ impl Stats for Metrics {
         bump(self.allowed);
     }
 
-    fn denied(&self, code: Code, shadow: bool) {
+    fn denied(&self, code: Code, shadow: bool, route: &str) {
         bump_code(if shadow { &self.shadow_denied } else { &self.denied }, code);
+        let kind = if shadow { "shadow_denied" } else { "denied" };
+        let name = format!("{ROUTE_FAMILY}.{route}.{kind}.{}", code.as_str());
+        let mut defined = self.per_route.borrow_mut();
+        let id = match defined.get(&name) {
+            Some(&id) => Some(id),
+            None => hostcalls::define_metric(MetricType::Counter, &name).ok().inspect(|&id| {
+                defined.insert(name, id);
+            }),
+        };
+        if let Some(id) = id {
+            bump(id);
+        }
     }
 
     fn rate_limit(&self, result: &ChargeResult) {

@@ -84,6 +84,15 @@ def use_dynamic_module(config):
                         }
 
 
+def set_policy(http_filter, text):
+    """Sets the policy of an edge-auth entry of `http_filters`, whichever build it is."""
+    typed = http_filter["typed_config"]
+    if "filter_config" in typed:
+        typed["filter_config"]["value"] = text
+    else:
+        typed["config"]["configuration"]["value"] = text
+
+
 def shipped_policy_text():
     """The policy embedded in envoy/envoy.yaml."""
     config = yaml.safe_load(ENVOY_YAML.read_text())
@@ -112,10 +121,10 @@ class Envoy:
         wasm = wasm_filter(config)
         wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
         wasm["configuration"]["value"] = policy if isinstance(policy, str) else json.dumps(policy)
-        if edit:
-            edit(config)
         if BUILD == "dynamic":
             use_dynamic_module(config)
+        if edit:
+            edit(config)
         self.config_path = self.dir / "envoy.json"
         self.config_path.write_text(json.dumps(config))
         self.log_path = self.dir / "envoy.log"

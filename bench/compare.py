@@ -1,12 +1,14 @@
 """edge-auth beside Envoy's native filters, in one run (`make bench`).
 
-The same nginx upstream sits behind three Envoys (`--concurrency 1`):
+The same nginx upstream sits behind several Envoys (`--concurrency 1`):
   plain   no auth filter at all;
   native  Envoy's own filters: api_key_auth + local_ratelimit (a per-key burst
           and day bucket), or jwt_authn with its cache (jwt_cache_config) and,
           for the pools of distinct tokens, without it;
   module  edge-auth: hashed keys, shared per-key buckets, account checks,
           identity headers;
+  dynamic the same engine and policy as Envoy's native dynamic module
+          (`make dynamic`: target/release/libedge_auth.so, no wasm runtime);
   floor   bench/noop-filter, a proxy-wasm filter that does nothing: what the
           wasm runtime costs per request before any filter logic.
 wrk drives each (config, scenario) pair for a few seconds. Every Envoy stays
@@ -40,7 +42,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "e2e"))
 
-from harness import ENVOY_BIN, ENVOY_YAML, WASM, free_port, wasm_filter  # noqa: E402
+from harness import ENVOY_BIN, ENVOY_YAML, MODULE_DIR, WASM, free_port, wasm_filter  # noqa: E402
 from jwt_keys import ISSUER, jwks, sign  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
@@ -81,8 +83,8 @@ def wasm_module(base, path, configuration):
     return [wasm]
 
 
-def module_filter(base):
-    """edge-auth with the bench policy."""
+def bench_policy():
+    """The policy both builds of edge-auth run."""
     keys = [{"id": key_id(i), "hash": hmac.new(PEPPER.encode(), api_key(i).encode(), hashlib.sha256).hexdigest(),
              "org": "org_bench", "account": "acme", "scopes": ["agents:read"],
              "plan": "tiny" if i == LIMITED else "standard"} for i in range(KEYS + 1)]
@@ -95,7 +97,21 @@ def module_filter(base):
         "jwt": {"providers": [{"name": "bench", "issuer": ISSUER, "audiences": ["api"],
                                "algorithms": ["RS256", "ES256"], "jwks": asymmetric_jwks()}]},
     }
-    return wasm_module(base, MODULE, json.dumps(policy))
+    return json.dumps(policy)
+
+
+def module_filter(base):
+    """edge-auth (wasm) with the bench policy."""
+    return wasm_module(base, MODULE, bench_policy())
+
+
+def dynamic_filter(base):
+    """edge-auth's native build, Envoy's dynamic module, with the same policy."""
+    return [{"name": "edge_auth", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "edge_auth"},
+        "filter_name": "edge_auth",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": bench_policy()}}}]
 
 
 def native_key_filters(base):
@@ -161,6 +177,7 @@ CONFIGS = {
     "native jwt cached": lambda base: native_jwt_filters(cache=True),
     "native jwt uncached": lambda base: native_jwt_filters(cache=False),
     "module": module_filter,
+    "dynamic module": dynamic_filter,
     "wasm floor": lambda base: wasm_module(base, NOOP, "{}"),
 }
 
@@ -224,7 +241,7 @@ def start_envoy(name, workdir, upstream_port):
     hcm["http_filters"] = CONFIGS[name](base) + [router]
     path = workdir / f"envoy-{name.replace(' ', '-')}.json"
     path.write_text(json.dumps(base))
-    env = {**os.environ, "EDGE_AUTH_PEPPER": PEPPER}
+    env = {**os.environ, "EDGE_AUTH_PEPPER": PEPPER, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(MODULE_DIR)}
     proc = Proc([str(ENVOY_BIN), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
                 ENVOY_CPU, env=env, log=path.with_suffix(".log"))
     wait_http(f"http://127.0.0.1:{admin}/ready", proc, f"envoy ({name})")
@@ -262,9 +279,9 @@ def scenarios(workdir):
         return {"authorization": f"Bearer {token}"}
 
     exp = int(time.time()) + 7200
-    keys = ["plain", "wasm floor", "native keys", "module"]
-    cached = ["plain", "wasm floor", "native jwt cached", "module"]
-    uncached = ["plain", "wasm floor", "native jwt uncached", "module"]
+    keys = ["plain", "wasm floor", "native keys", "module", "dynamic module"]
+    cached = ["plain", "wasm floor", "native jwt cached", "module", "dynamic module"]
+    uncached = ["plain", "wasm floor", "native jwt uncached", "module", "dynamic module"]
     return [
         Scenario("x-api-key", keys, 200, {"x-api-key": api_key(7)}),
         Scenario("Bearer sk_live_", keys, 200, bearer(api_key(7))),
@@ -272,7 +289,7 @@ def scenarios(workdir):
         Scenario("ES256, same token", cached, 200, bearer(sign("ES256", exp=exp))),
         Scenario(f"RS256, {POOL:,} distinct", uncached, 200, tokens=pool("RS256")),
         Scenario(f"ES256, {POOL:,} distinct", uncached, 200, tokens=pool("ES256")),
-        Scenario("429 (bucket empty)", ["native keys", "module"], 429, {"x-api-key": api_key(LIMITED)}),
+        Scenario("429 (bucket empty)", ["native keys", "module", "dynamic module"], 429, {"x-api-key": api_key(LIMITED)}),
     ]
 
 
@@ -309,7 +326,8 @@ def request(port, headers):
 # --- report ---------------------------------------------------------------------------------
 
 def role(config):
-    return {"wasm floor": "floor"}.get(config, config.split()[0])  # plain | floor | native | module
+    # plain | floor | native | module | dynamic
+    return {"wasm floor": "floor", "dynamic module": "dynamic"}.get(config, config.split()[0])
 
 
 def machine():
@@ -325,7 +343,8 @@ def report(table, rss, scen):
         f"Envoy {envoy_version.split('/')[1]} `--concurrency 1` (its own core), nginx upstream, "
         f"wrk 1 thread × {CONNECTIONS} connections; {ROUNDS} interleaved rounds of {SECONDS} s, medians. "
         f"Module: {MODULE.stat().st_size:,} bytes; {KEYS:,} keys in both the module and api_key_auth. "
-        "*wasm floor* is bench/noop-filter, a proxy-wasm filter that does nothing.",
+        "*wasm floor* is bench/noop-filter, a proxy-wasm filter that does nothing; "
+        "*dynamic module* is the native build (libedge_auth.so) with the same policy.",
         "",
         "| scenario | Envoy | req/s | × plain | × native | p50 µs | p99 µs | Envoy CPU µs/req |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -340,7 +359,7 @@ def report(table, rss, scen):
         for c in s.configs:
             m = medians[c]
             vs_plain = f"{m['rps'] / plain:.2f}" if plain else "–"
-            vs_native = f"{m['rps'] / native:.2f}" if role(c) in ("native", "module") else "–"
+            vs_native = f"{m['rps'] / native:.2f}" if role(c) in ("native", "module", "dynamic") else "–"
             lines.append(f"| {s.name} | {c} | {m['rps']:,.0f} | {vs_plain} | {vs_native} | "
                          f"{m['p50_us']:,.0f} | {m['p99_us']:,.0f} | {m['cpu_us']:.0f} |")
     lines += ["", "Envoy resident memory after the run: "
@@ -354,7 +373,8 @@ def report(table, rss, scen):
 
 def chart(scen, medians_of):
     """Grouped horizontal bars: requests/s per scenario, one bar per Envoy."""
-    colours = {"plain": "#9aa5b1", "floor": "#c9c3a3", "native": "#3d7dca", "module": "#e8833a"}
+    colours = {"plain": "#9aa5b1", "floor": "#c9c3a3", "native": "#3d7dca", "module": "#e8833a",
+               "dynamic": "#5aa469"}
     bar, gap, left, width = 16, 14, 190, 520
     top = max(m["rps"] for medians in medians_of.values() for m in medians.values())
     rows = sum(len(s.configs) for s in scen)

@@ -2,6 +2,10 @@
 
 Each `Envoy` takes the shipped config, points it at free loopback ports, a test
 upstream and a test policy, and starts the pinned Envoy binary from the venv.
+
+`EDGE_AUTH_BUILD=dynamic` runs the native build instead (`make dynamic`): the
+wasm filter is swapped for the dynamic module with the same policy, and stats
+are read back under the wasm build's names, so every test runs against both.
 """
 
 import http.client
@@ -20,6 +24,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 WASM = ROOT / "target/wasm32-wasip1/release/edge_auth.wasm"
+BUILD = os.environ.get("EDGE_AUTH_BUILD", "wasm")
+MODULE_DIR = ROOT / "target/release"  # libedge_auth.so
+# The module's counters, under Envoy's default dynamic-module stats namespace.
+NATIVE_STATS = "dynamicmodulescustom."
 CLI = ROOT / "target/release/edge-auth"
 ENVOY_YAML = ROOT / "envoy/envoy.yaml"
 ENVOY_BIN = Path(sys.prefix) / "bin/envoy"
@@ -57,6 +65,34 @@ def wasm_filter(config):
     raise LookupError("no wasm filter in envoy.yaml")
 
 
+def use_dynamic_module(config):
+    """Swaps the wasm filter for the native module, with the policy it carried."""
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for f in chain["filters"]:
+                for hf in f["typed_config"].get("http_filters", []):
+                    if hf["name"] == "envoy.filters.http.wasm":
+                        policy = hf["typed_config"]["config"]["configuration"]["value"]
+                        hf["name"] = "edge_auth"
+                        hf["typed_config"] = {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3"
+                                     ".DynamicModuleFilter",
+                            "dynamic_module_config": {"name": "edge_auth"},
+                            "filter_name": "edge_auth",
+                            "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                              "value": policy},
+                        }
+
+
+def set_policy(http_filter, text):
+    """Sets the policy of an edge-auth entry of `http_filters`, whichever build it is."""
+    typed = http_filter["typed_config"]
+    if "filter_config" in typed:
+        typed["filter_config"]["value"] = text
+    else:
+        typed["config"]["configuration"]["value"] = text
+
+
 def shipped_policy_text():
     """The policy embedded in envoy/envoy.yaml."""
     config = yaml.safe_load(ENVOY_YAML.read_text())
@@ -85,6 +121,8 @@ class Envoy:
         wasm = wasm_filter(config)
         wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
         wasm["configuration"]["value"] = policy if isinstance(policy, str) else json.dumps(policy)
+        if BUILD == "dynamic":
+            use_dynamic_module(config)
         if edit:
             edit(config)
         self.config_path = self.dir / "envoy.json"
@@ -93,6 +131,8 @@ class Envoy:
         env = {k: v for k, v in os.environ.items() if k != "EDGE_AUTH_PEPPER"}
         if pepper is not None:
             env["EDGE_AUTH_PEPPER"] = pepper
+        if BUILD == "dynamic":
+            env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(MODULE_DIR)
         self.proc = subprocess.Popen(
             [
                 str(ENVOY_BIN),
@@ -158,7 +198,9 @@ class Envoy:
     def stats(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}/stats?format=json") as r:
             data = json.load(r)
-        return {s["name"]: s.get("value") for s in data["stats"] if "name" in s}
+        stats = {s["name"]: s.get("value") for s in data["stats"] if "name" in s}
+        native = {"wasmcustom." + k[len(NATIVE_STATS):]: v for k, v in stats.items() if k.startswith(NATIVE_STATS)}
+        return {**stats, **native}
 
     def stop(self):
         if self.proc.poll() is None:

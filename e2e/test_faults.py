@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from harness import key_hash
+from harness import key_hash, set_policy
 from key_server import KeyServer, add_cluster
 
 GOOD = "sk_live_acme_FaultGood01"
@@ -48,7 +48,7 @@ class DynamicListener:
     def swap_policy(self, text):
         listener = json.loads(json.dumps(self.listener))
         hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-        hcm["http_filters"][0]["typed_config"]["config"]["configuration"]["value"] = text
+        set_policy(hcm["http_filters"][0], text)
         self._write(listener)
 
 

@@ -1,6 +1,7 @@
 //! edge-auth: an Envoy HTTP filter that authenticates API traffic.
 //!
-//! Everything but the host glue (`wasm`, for proxy-wasm) is pure Rust and
+//! Everything but the host glue (`wasm` for proxy-wasm, `dynamic` for
+//! Envoy's native dynamic modules) is pure Rust and
 //! testable on the host. A host builds a [`worker::Worker`] from the
 //! [`policy::Policy`] and hands it each request; the worker runs the decision
 //! table ([`decision::decide`]) and says what to do ([`effects::Effects`]).
@@ -40,6 +41,9 @@ pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
 mod wasm;
+
+#[cfg(not(target_arch = "wasm32"))]
+mod dynamic;
 
 /// The crate version, logged when the VM starts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

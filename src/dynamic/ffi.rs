@@ -1,0 +1,807 @@
+//! The Envoy dynamic-module ABI (`v0.2.0`, Envoy 1.40): the only `unsafe`
+//! in the crate. Declarations follow Envoy's
+//! `source/extensions/dynamic_modules/abi/abi.h`; only what the filter uses
+//! is declared. Every exported hook runs inside `catch_unwind`, so a panic
+//! never unwinds into Envoy: a request fails closed (503) and a
+//! configuration is refused.
+
+use super::config::Config;
+use super::filter::{Filter, Paused};
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::ptr;
+
+/// The ABI this module is built against: Envoy 1.40's. Envoy only warns on
+/// a mismatch, so the module must be rebuilt (and re-tested) for every
+/// Envoy upgrade; see docs/native.md.
+pub const ABI_VERSION: &[u8] = b"v0.2.0\0";
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EnvoyBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ModuleBuffer {
+    ptr: *const u8,
+    length: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct HttpHeader {
+    key_ptr: *const u8,
+    key_length: usize,
+    value_ptr: *const u8,
+    value_length: usize,
+}
+
+const NULL_HEADER: HttpHeader =
+    HttpHeader { key_ptr: ptr::null(), key_length: 0, value_ptr: ptr::null(), value_length: 0 };
+
+impl ModuleBuffer {
+    fn of(bytes: &[u8]) -> Self {
+        Self { ptr: bytes.as_ptr(), length: bytes.len() }
+    }
+
+    const NULL: Self = Self { ptr: ptr::null(), length: 0 };
+}
+
+impl HttpHeader {
+    fn of(name: &str, value: &str) -> Self {
+        Self { key_ptr: name.as_ptr(), key_length: name.len(), value_ptr: value.as_ptr(), value_length: value.len() }
+    }
+}
+
+// envoy_dynamic_module_type_http_header_type
+const REQUEST_HEADER: u32 = 0;
+const RESPONSE_HEADER: u32 = 2;
+// envoy_dynamic_module_type_http_callout_init_result / _result
+const CALLOUT_INIT_SUCCESS: u32 = 0;
+const CALLOUT_SUCCESS: u32 = 0;
+// Filter status enums: Continue is 0 in each; StopIteration (headers,
+// trailers) and StopIterationAndBuffer (body) are 1.
+const CONTINUE: u32 = 0;
+const STOP: u32 = 1;
+
+type Ptr = *mut c_void;
+
+extern "C" {
+    fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
+    fn envoy_dynamic_module_callback_http_get_headers_size(filter: Ptr, header_type: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_headers(filter: Ptr, header_type: u32, result: *mut HttpHeader) -> bool;
+    fn envoy_dynamic_module_callback_http_set_header(
+        filter: Ptr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_send_response(
+        filter: Ptr,
+        status: u32,
+        headers: *mut HttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        details: ModuleBuffer,
+    );
+    fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: Ptr);
+    fn envoy_dynamic_module_callback_http_filter_http_callout(
+        filter: Ptr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut HttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_increment_counter(
+        filter: Ptr,
+        id: usize,
+        labels: *mut ModuleBuffer,
+        labels_size: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_counter(
+        config: Ptr,
+        name: ModuleBuffer,
+        labels: *mut ModuleBuffer,
+        labels_size: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_define_gauge(
+        config: Ptr,
+        name: ModuleBuffer,
+        labels: *mut ModuleBuffer,
+        labels_size: usize,
+        id: *mut usize,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: Ptr,
+        id: usize,
+        labels: *mut ModuleBuffer,
+        labels_size: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_set_gauge(
+        config: Ptr,
+        id: usize,
+        labels: *mut ModuleBuffer,
+        labels_size: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: Ptr,
+        callout_id: *mut u64,
+        cluster: ModuleBuffer,
+        headers: *mut HttpHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_ms: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: Ptr) -> Ptr;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: Ptr);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: Ptr, event_id: u64);
+}
+
+/// Envoy's log levels (`envoy_dynamic_module_type_log_level`).
+#[derive(Debug, Clone, Copy)]
+pub enum LogLevel {
+    Trace = 0,
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+/// Writes a line to Envoy's log (the `dynamic_modules` logger).
+pub fn log(level: LogLevel, message: &str) {
+    // SAFETY: the buffer points into `message`, alive for the call.
+    unsafe { envoy_dynamic_module_callback_log(level as u32, ModuleBuffer::of(message.as_bytes())) }
+}
+
+/// A callout's answer: its headers and body (both empty when it failed).
+pub struct CalloutAnswer {
+    pub ok: bool,
+    pub headers: Vec<(String, Vec<u8>)>,
+    pub body: Vec<u8>,
+}
+
+impl CalloutAnswer {
+    /// The first value of a header, as text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+    }
+}
+
+/// A request the host should send (a callout).
+pub struct Callout<'a> {
+    pub cluster: &'a str,
+    /// Pseudo-headers included (`:method`, `:path`, `:authority`).
+    pub headers: &'a [(&'a str, &'a str)],
+    pub body: &'a [u8],
+    pub timeout_ms: u64,
+}
+
+impl Callout<'_> {
+    fn raw_headers(&self) -> Vec<HttpHeader> {
+        self.headers.iter().map(|(n, v)| HttpHeader::of(n, v)).collect()
+    }
+}
+
+/// Envoy's side of one HTTP stream's filter, valid during a hook.
+pub struct FilterHandle(Ptr);
+
+impl FilterHandle {
+    /// Every request header, repeated names included; values as bytes.
+    pub fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+        // SAFETY: the array has room for the count Envoy reported; the
+        // buffers Envoy fills stay valid until the end of the hook and are
+        // copied before it ends.
+        unsafe {
+            let count = envoy_dynamic_module_callback_http_get_headers_size(self.0, REQUEST_HEADER);
+            let mut raw = vec![NULL_HEADER; count];
+            if count == 0 || !envoy_dynamic_module_callback_http_get_headers(self.0, REQUEST_HEADER, raw.as_mut_ptr()) {
+                return Vec::new();
+            }
+            raw.iter()
+                .map(|h| {
+                    (
+                        String::from_utf8_lossy(bytes(h.key_ptr, h.key_length)).into_owned(),
+                        bytes(h.value_ptr, h.value_length).to_vec(),
+                    )
+                })
+                .collect()
+        }
+    }
+
+    pub fn set_request_header(&self, name: &str, value: &str) {
+        self.set(REQUEST_HEADER, name, Some(value));
+    }
+
+    pub fn remove_request_header(&self, name: &str) {
+        self.set(REQUEST_HEADER, name, None);
+    }
+
+    pub fn set_response_header(&self, name: &str, value: &str) {
+        self.set(RESPONSE_HEADER, name, Some(value));
+    }
+
+    fn set(&self, header_type: u32, name: &str, value: Option<&str>) {
+        let value = value.map_or(ModuleBuffer::NULL, |v| ModuleBuffer::of(v.as_bytes()));
+        // SAFETY: the buffers point into live strings; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_set_header(
+                self.0,
+                header_type,
+                ModuleBuffer::of(name.as_bytes()),
+                value,
+            );
+        }
+    }
+
+    /// Answers the request locally.
+    pub fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str, details: &str) {
+        let mut raw: Vec<HttpHeader> = headers.iter().map(|(n, v)| HttpHeader::of(n, v)).collect();
+        // SAFETY: the array and buffers outlive the call; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_send_response(
+                self.0,
+                status,
+                raw.as_mut_ptr(),
+                raw.len(),
+                ModuleBuffer::of(body.as_bytes()),
+                ModuleBuffer::of(details.as_bytes()),
+            );
+        }
+    }
+
+    pub fn continue_decoding(&self) {
+        // SAFETY: a live filter pointer, handed to this hook by Envoy.
+        unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
+    }
+
+    /// Sends a callout whose answer comes to this filter's
+    /// `http_callout_done`; `None` if Envoy could not start it.
+    pub fn callout(&self, callout: &Callout<'_>) -> Option<u64> {
+        let mut headers = callout.raw_headers();
+        let mut id = 0u64;
+        // SAFETY: every pointer refers to memory alive for the call.
+        let init = unsafe {
+            envoy_dynamic_module_callback_http_filter_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(callout.cluster.as_bytes()),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(callout.body),
+                callout.timeout_ms,
+            )
+        };
+        (init == CALLOUT_INIT_SUCCESS).then_some(id)
+    }
+
+    pub fn increment_counter(&self, id: usize, value: u64) {
+        // SAFETY: no labels; a live filter pointer.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_increment_counter(self.0, id, ptr::null_mut(), 0, value);
+        }
+    }
+}
+
+/// Envoy's side of a filter configuration, valid during a config hook.
+pub struct ConfigHandle(Ptr);
+
+impl ConfigHandle {
+    pub fn define_counter(&self, name: &str) -> Option<usize> {
+        let mut id = 0;
+        // SAFETY: the name outlives the call; `id` is a valid out-pointer.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_counter(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == 0).then_some(id)
+    }
+
+    pub fn define_gauge(&self, name: &str) -> Option<usize> {
+        let mut id = 0;
+        // SAFETY: as in `define_counter`.
+        let result = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_define_gauge(
+                self.0,
+                ModuleBuffer::of(name.as_bytes()),
+                ptr::null_mut(),
+                0,
+                &mut id,
+            )
+        };
+        (result == 0).then_some(id)
+    }
+
+    pub fn increment_counter(&self, id: usize, value: u64) {
+        // SAFETY: no labels; a live config pointer.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_increment_counter(self.0, id, ptr::null_mut(), 0, value);
+        }
+    }
+
+    pub fn set_gauge(&self, id: usize, value: u64) {
+        // SAFETY: no labels; a live config pointer.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_config_set_gauge(self.0, id, ptr::null_mut(), 0, value);
+        }
+    }
+
+    /// Sends a callout whose answer comes to the configuration's
+    /// `http_callout_done` (on the main thread).
+    pub fn callout(&self, callout: &Callout<'_>) -> Option<u64> {
+        let mut headers = callout.raw_headers();
+        let mut id = 0u64;
+        // SAFETY: every pointer refers to memory alive for the call.
+        let init = unsafe {
+            envoy_dynamic_module_callback_http_filter_config_http_callout(
+                self.0,
+                &mut id,
+                ModuleBuffer::of(callout.cluster.as_bytes()),
+                headers.as_mut_ptr(),
+                headers.len(),
+                ModuleBuffer::of(callout.body),
+                callout.timeout_ms,
+            )
+        };
+        (init == CALLOUT_INIT_SUCCESS).then_some(id)
+    }
+
+    /// A scheduler that runs `config_scheduled` on the main thread.
+    pub fn scheduler(&self) -> Option<Scheduler> {
+        // SAFETY: a live config pointer; Envoy allocates the scheduler, and
+        // `Scheduler`'s drop deletes it.
+        let raw = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(self.0) };
+        (!raw.is_null()).then_some(Scheduler(raw))
+    }
+}
+
+/// A configuration's scheduler: `commit` may be called from any thread
+/// (the ABI's purpose for it); it is deleted when dropped.
+pub struct Scheduler(Ptr);
+
+// SAFETY: the ABI documents the scheduler as the way to reach the main
+// thread from threads the module manages; commit is thread-safe, and
+// delete happens once, from drop.
+unsafe impl Send for Scheduler {}
+// SAFETY: as above; `commit` takes `&self`.
+unsafe impl Sync for Scheduler {}
+
+impl Scheduler {
+    pub fn commit(&self) {
+        // SAFETY: the scheduler is live until drop.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0, 0) }
+    }
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by scheduler_new, deleted exactly once.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0) }
+    }
+}
+
+/// Bytes Envoy lent for the duration of a hook.
+///
+/// # Safety
+/// `data` must point to `length` readable bytes (or be null with any length).
+unsafe fn bytes<'a>(data: *const u8, length: usize) -> &'a [u8] {
+    if data.is_null() || length == 0 {
+        &[]
+    } else {
+        std::slice::from_raw_parts(data, length)
+    }
+}
+
+/// Runs a hook's body; a panic is logged and turned into `fallback`.
+fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        log(LogLevel::Error, &format!("edge-auth: panic in {hook}; failing closed"));
+        fallback
+    })
+}
+
+/// A callout's answer as Envoy lent it.
+///
+/// # Safety
+/// The arrays must hold the given counts of valid headers and buffers.
+unsafe fn answer(
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+    max_body: usize,
+) -> CalloutAnswer {
+    let headers: &[HttpHeader] =
+        if headers.is_null() { &[] } else { std::slice::from_raw_parts(headers, headers_size) };
+    let chunks: &[EnvoyBuffer] = if chunks.is_null() { &[] } else { std::slice::from_raw_parts(chunks, chunks_size) };
+    let headers = headers
+        .iter()
+        .map(|h| {
+            (
+                String::from_utf8_lossy(bytes(h.key_ptr, h.key_length)).into_owned(),
+                bytes(h.value_ptr, h.value_length).to_vec(),
+            )
+        })
+        .collect();
+    let size: usize = chunks.iter().map(|c| c.length).sum();
+    let mut ok = result == CALLOUT_SUCCESS;
+    let mut body = Vec::new();
+    if size > max_body {
+        ok = false;
+    } else {
+        for chunk in chunks {
+            body.extend_from_slice(bytes(chunk.ptr, chunk.length));
+        }
+    }
+    CalloutAnswer { ok, headers, body }
+}
+
+// ---------------------------------------------------------------- hooks ---
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_program_init() -> *const u8 {
+    guarded("program_init", ptr::null(), || {
+        super::logger::install();
+        ABI_VERSION.as_ptr()
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
+    config_envoy: Ptr,
+    name: EnvoyBuffer,
+    config: EnvoyBuffer,
+) -> *const c_void {
+    guarded("http_filter_config_new", ptr::null(), || {
+        // SAFETY: Envoy lends both buffers for the duration of the hook.
+        let (name, json) = unsafe { (bytes(name.ptr, name.length), bytes(config.ptr, config.length)) };
+        match Config::new(&ConfigHandle(config_envoy), name, json) {
+            Some(config) => Box::into_raw(Box::new(config)).cast::<c_void>().cast_const(),
+            None => ptr::null(),
+        }
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
+    guarded("http_filter_config_destroy", (), || {
+        if !config.is_null() {
+            // SAFETY: created by Box::into_raw in config_new, destroyed once.
+            drop(unsafe { Box::from_raw(config.cast::<Config>().cast_mut()) });
+        }
+    });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
+    _name: EnvoyBuffer,
+    _config: EnvoyBuffer,
+) -> *const c_void {
+    guarded("http_filter_per_route_config_new", ptr::null(), || {
+        log(LogLevel::Error, "edge-auth: config: per-route configuration is not supported; give routes in the policy");
+        ptr::null()
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: *const c_void) {}
+
+/// The configuration behind a module pointer.
+///
+/// # Safety
+/// `config` must come from `config_new` and not yet be destroyed.
+unsafe fn config_ref<'a>(config: *const c_void) -> Option<&'a Config> {
+    config.cast::<Config>().as_ref()
+}
+
+/// The filter behind a module pointer.
+///
+/// # Safety
+/// `filter` must come from `filter_new` and not yet be destroyed; Envoy
+/// calls a stream's hooks on one thread, one at a time.
+unsafe fn filter_mut<'a>(filter: *const c_void) -> Option<&'a mut Filter> {
+    filter.cast::<Filter>().cast_mut().as_mut()
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_new(config: *const c_void, _filter_envoy: Ptr) -> *const c_void {
+    guarded("http_filter_new", ptr::null(), || {
+        // SAFETY: Envoy keeps the configuration alive while it has filters.
+        match unsafe { config_ref(config) } {
+            Some(config) => Box::into_raw(Box::new(Filter::new(config))).cast::<c_void>().cast_const(),
+            None => ptr::null(),
+        }
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
+    guarded("http_filter_destroy", (), || {
+        if !filter.is_null() {
+            // SAFETY: created by Box::into_raw in filter_new, destroyed once.
+            drop(unsafe { Box::from_raw(filter.cast::<Filter>().cast_mut()) });
+        }
+    });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
+    filter_envoy: Ptr,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    let envoy = FilterHandle(filter_envoy);
+    let status = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: see `filter_mut`.
+        unsafe { filter_mut(filter) }.map(|f| f.on_request_headers(&envoy))
+    }));
+    match status {
+        Ok(Some(Paused::No)) => CONTINUE,
+        Ok(Some(Paused::Yes)) => STOP,
+        // No filter, or a panic: fail closed.
+        Ok(None) | Err(_) => {
+            log(LogLevel::Error, "edge-auth: request_headers failed; answering 503");
+            super::filter::fail_closed(&envoy);
+            STOP
+        }
+    }
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_body(_envoy: Ptr, filter: *const c_void, _eos: bool) -> u32 {
+    // While the request waits on the rate-limit engine, its body waits too.
+    guarded("http_filter_request_body", STOP, || {
+        // SAFETY: see `filter_mut`.
+        match unsafe { filter_mut(filter) } {
+            Some(f) if f.waiting() => STOP,
+            _ => CONTINUE,
+        }
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(_envoy: Ptr, filter: *const c_void) -> u32 {
+    guarded("http_filter_request_trailers", STOP, || {
+        // SAFETY: see `filter_mut`.
+        match unsafe { filter_mut(filter) } {
+            Some(f) if f.waiting() => STOP,
+            _ => CONTINUE,
+        }
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
+    filter_envoy: Ptr,
+    filter: *const c_void,
+    _end_of_stream: bool,
+) -> u32 {
+    guarded("http_filter_response_headers", CONTINUE, || {
+        // SAFETY: see `filter_mut`.
+        if let Some(f) = unsafe { filter_mut(filter) } {
+            f.on_response_headers(&FilterHandle(filter_envoy));
+        }
+        CONTINUE
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
+    _envoy: Ptr,
+    _filter: *const c_void,
+    _eos: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_envoy: Ptr, _filter: *const c_void) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(_envoy: Ptr, _filter: *const c_void) {}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_local_reply(
+    _envoy: Ptr,
+    _filter: *const c_void,
+    _status: u32,
+    _details: EnvoyBuffer,
+    _reset_imminent: bool,
+) -> u32 {
+    CONTINUE
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
+    filter_envoy: Ptr,
+    filter: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) {
+    let envoy = FilterHandle(filter_envoy);
+    let done = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: Envoy lends the arrays for the duration of the hook.
+        let answer = unsafe { answer(result, headers, headers_size, chunks, chunks_size, super::filter::MAX_ANSWER) };
+        // SAFETY: see `filter_mut`.
+        if let Some(f) = unsafe { filter_mut(filter) } {
+            f.on_callout_done(&envoy, callout_id, &answer);
+        }
+    }));
+    if done.is_err() {
+        log(LogLevel::Error, "edge-auth: panic in http_callout_done; answering 503");
+        super::filter::fail_closed(&envoy);
+    }
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    config_envoy: Ptr,
+    config: *const c_void,
+    _event: u64,
+) {
+    guarded("http_filter_config_scheduled", (), || {
+        // SAFETY: see `config_ref`; scheduled events stop before destroy.
+        if let Some(config) = unsafe { config_ref(config) } {
+            config.on_tick(&ConfigHandle(config_envoy));
+        }
+    });
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    config_envoy: Ptr,
+    config: *const c_void,
+    callout_id: u64,
+    result: u32,
+    headers: *const HttpHeader,
+    headers_size: usize,
+    chunks: *const EnvoyBuffer,
+    chunks_size: usize,
+) {
+    guarded("http_filter_config_http_callout_done", (), || {
+        // SAFETY: Envoy lends the arrays for the duration of the hook.
+        let answer = unsafe { answer(result, headers, headers_size, chunks, chunks_size, crate::remote::MAX_BODY) };
+        // SAFETY: see `config_ref`.
+        if let Some(config) = unsafe { config_ref(config) } {
+            config.on_fetched(&ConfigHandle(config_envoy), callout_id, answer);
+        }
+    });
+}
+
+// Hooks Envoy requires but the filter has no use for: streamed callouts,
+// per-stream scheduling, watermarks.
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_envoy: Ptr, _filter: *const c_void, _event: u64) {}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(
+    _envoy: Ptr,
+    _filter: *const c_void,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_downstream_below_write_buffer_low_watermark(
+    _envoy: Ptr,
+    _filter: *const c_void,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_headers(
+    _envoy: Ptr,
+    _filter: *const c_void,
+    _stream: u64,
+    _headers: *const HttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_data(
+    _envoy: Ptr,
+    _filter: *const c_void,
+    _stream: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
+    _envoy: Ptr,
+    _filter: *const c_void,
+    _stream: u64,
+    _trailers: *const HttpHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(
+    _envoy: Ptr,
+    _filter: *const c_void,
+    _stream: u64,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _envoy: Ptr,
+    _filter: *const c_void,
+    _stream: u64,
+    _reason: u32,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_headers(
+    _envoy: Ptr,
+    _config: *const c_void,
+    _stream: u64,
+    _headers: *const HttpHeader,
+    _headers_size: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_data(
+    _envoy: Ptr,
+    _config: *const c_void,
+    _stream: u64,
+    _data: *const EnvoyBuffer,
+    _data_count: usize,
+    _end_stream: bool,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_trailers(
+    _envoy: Ptr,
+    _config: *const c_void,
+    _stream: u64,
+    _trailers: *const HttpHeader,
+    _trailers_size: usize,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_complete(
+    _envoy: Ptr,
+    _config: *const c_void,
+    _stream: u64,
+) {
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_config_http_stream_reset(
+    _envoy: Ptr,
+    _config: *const c_void,
+    _stream: u64,
+    _reason: u32,
+) {
+}

@@ -1,0 +1,191 @@
+//! Per-request glue: reads the request headers, lets this thread's worker
+//! decide, and applies what it says, asking the fleet-wide engine when it
+//! must (a gRPC call made as an HTTP/2 callout).
+
+use super::config::{Config, Shared};
+use super::ffi::{Callout, CalloutAnswer, FilterHandle};
+use super::grpc;
+use super::metrics::FilterStats;
+use super::store::STORE;
+use super::workers;
+use crate::decision::Request;
+use crate::denial::{Code, Denial, Reply};
+use crate::effects::{carries, Effects, CREDENTIAL_HEADERS};
+use crate::jwt::NoSignatureHost;
+use crate::rate_limit::global::{METHOD, SERVICE};
+use crate::worker::{CallFailed, EngineCall, Host, Next, Settled, Worker};
+use std::borrow::Cow;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+/// The largest engine answer read (a `RateLimitResponse` is small).
+pub const MAX_ANSWER: usize = 64 * 1024;
+
+/// Names requests in logs, as proxy-wasm's context ids do.
+static NEXT_CONTEXT: AtomicU32 = AtomicU32::new(1);
+
+/// Whether the request waits (Envoy's StopIteration) or goes on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paused {
+    Yes,
+    No,
+}
+
+pub struct Filter {
+    context_id: u32,
+    shared: Arc<Shared>,
+    /// This thread's worker; `None` if the policy no longer compiles here.
+    worker: Option<Rc<Worker>>,
+    /// Credential headers the request carries (for `strip_credentials`).
+    credentials: Vec<&'static str>,
+    /// The engine call in flight, with its callout id.
+    waiting: Option<(u64, EngineCall)>,
+    /// Added to upstream's response (`x-ratelimit-*`).
+    response_headers: Vec<(&'static str, String)>,
+}
+
+/// Answers 503 `auth_unavailable`: what a request gets when the filter
+/// cannot decide (no policy, a panic).
+pub fn fail_closed(envoy: &FilterHandle) {
+    send(envoy, &Denial::from(Code::AuthUnavailable).reply());
+}
+
+fn send(envoy: &FilterHandle, reply: &Reply) {
+    let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    envoy.send_response(reply.status, &headers, &reply.body, "edge_auth");
+}
+
+impl Filter {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            context_id: NEXT_CONTEXT.fetch_add(1, Ordering::Relaxed),
+            shared: Arc::clone(&config.shared),
+            worker: workers::worker(&config.shared),
+            credentials: Vec::new(),
+            waiting: None,
+            response_headers: Vec::new(),
+        }
+    }
+
+    pub fn waiting(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    fn host<'a>(&'a self, stats: &'a FilterStats<'a>) -> Host<'a> {
+        Host {
+            now_ns: super::now_ns(),
+            store: &*STORE,
+            // Off wasm, RS256 and ES256 are verified in software.
+            signatures: &NoSignatureHost,
+            stats,
+            context_id: self.context_id,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, envoy: &FilterHandle) -> Paused {
+        let Some(worker) = self.worker.clone() else {
+            // No policy means it could not compile here: fail closed.
+            fail_closed(envoy);
+            return Paused::Yes;
+        };
+        let headers = envoy.request_headers();
+        // Lossy: stray bytes become U+FFFD, which the path check refuses.
+        let pseudo = |name: &str| {
+            headers.iter().find(|(n, _)| n == name).map_or(Cow::Borrowed(""), |(_, v)| String::from_utf8_lossy(v))
+        };
+        let (method, path) = (pseudo(":method"), pseudo(":path"));
+        let request = Request { method: &method, path: &path, headers: &headers };
+        let shared = Arc::clone(&self.shared);
+        let stats = FilterStats { metrics: &shared.metrics, envoy };
+        let handled = worker.handle(&request, &self.host(&stats));
+        for name in &handled.spoofed {
+            envoy.remove_request_header(name);
+        }
+        self.credentials = CREDENTIAL_HEADERS.iter().copied().filter(|n| carries(&headers, n)).collect();
+        match handled.next {
+            Next::Apply(effects) => self.apply(envoy, effects),
+            Next::Ask(call) => self.ask(envoy, &worker, &stats, call),
+        }
+    }
+
+    pub fn on_response_headers(&mut self, envoy: &FilterHandle) {
+        for (name, value) in std::mem::take(&mut self.response_headers) {
+            envoy.set_response_header(name, &value);
+        }
+    }
+
+    fn apply(&mut self, envoy: &FilterHandle, effects: Effects<'_>) -> Paused {
+        match effects {
+            Effects::Forward { set, remove, response } => {
+                self.response_headers = response;
+                for name in remove.iter().filter(|name| self.credentials.contains(name)) {
+                    envoy.remove_request_header(name);
+                }
+                for (name, value) in &set {
+                    envoy.set_request_header(name, value);
+                }
+                Paused::No
+            }
+            Effects::Reply(reply) => {
+                send(envoy, &reply);
+                Paused::Yes
+            }
+        }
+    }
+
+    /// Sends an engine call (gRPC over an HTTP/2 callout) and pauses the
+    /// request until it is answered.
+    fn ask(&mut self, envoy: &FilterHandle, worker: &Worker, stats: &FilterStats<'_>, call: EngineCall) -> Paused {
+        let path = format!("/{SERVICE}/{METHOD}");
+        let headers = [
+            (":method", "POST"),
+            (":path", path.as_str()),
+            (":authority", call.cluster.as_str()),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ];
+        let body = grpc::frame(&call.message);
+        let timeout_ms = u64::try_from(call.timeout.as_millis()).unwrap_or(u64::MAX).max(1);
+        let callout = Callout { cluster: &call.cluster, headers: &headers, body: &body, timeout_ms };
+        match envoy.callout(&callout) {
+            Some(id) => {
+                self.waiting = Some((id, call));
+                Paused::Yes
+            }
+            None => {
+                log::warn!("edge-auth: rate-limit engine {}: cannot call", call.cluster);
+                let settled = worker.settle(call, Err(CallFailed), &self.host(stats));
+                self.finish(envoy, worker, stats, settled)
+            }
+        }
+    }
+
+    fn finish(&mut self, envoy: &FilterHandle, worker: &Worker, stats: &FilterStats<'_>, settled: Settled) -> Paused {
+        match settled {
+            Settled::Done(effects) => self.apply(envoy, effects),
+            Settled::Again(call) => self.ask(envoy, worker, stats, call),
+        }
+    }
+
+    /// The engine answered: a gRPC answer is a 200 whose body is one frame,
+    /// with no error `grpc-status` in its headers (a trailers-only error).
+    pub fn on_callout_done(&mut self, envoy: &FilterHandle, id: u64, answer: &CalloutAnswer) {
+        let Some(worker) = self.worker.clone() else { return };
+        let Some((token, call)) = self.waiting.take() else { return };
+        if token != id {
+            self.waiting = Some((token, call));
+            return;
+        }
+        let granted = answer.ok
+            && answer.header(":status") == Some("200")
+            && answer.header("grpc-status").is_none_or(|status| status == "0");
+        let message = if granted { grpc::unframe(&answer.body) } else { None };
+        let shared = Arc::clone(&self.shared);
+        let stats = FilterStats { metrics: &shared.metrics, envoy };
+        let settled = worker.settle(call, message.ok_or(CallFailed), &self.host(&stats));
+        if self.finish(envoy, &worker, &stats, settled) == Paused::No {
+            envoy.continue_decoding();
+        }
+    }
+}

@@ -9,11 +9,11 @@ use super::metrics::FilterStats;
 use super::store::STORE;
 use super::workers;
 use crate::decision::Request;
-use crate::denial::{Code, Denial, Reply};
+use crate::denial::{Code, Denial, ErrorFaces, Reply};
 use crate::effects::{carries, Effects, CREDENTIAL_HEADERS};
 use crate::jwt::NoSignatureHost;
 use crate::rate_limit::global::{METHOD, SERVICE};
-use crate::worker::{CallFailed, EngineCall, Host, Next, Settled, Worker};
+use crate::worker::{AccessLog, CallFailed, EngineCall, Host, Next, Settled, Worker};
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -48,7 +48,7 @@ pub struct Filter {
 /// Answers 503 `auth_unavailable`: what a request gets when the filter
 /// cannot decide (no policy, a panic).
 pub fn fail_closed(envoy: &FilterHandle) {
-    send(envoy, &Denial::from(Code::AuthUnavailable).reply());
+    send(envoy, &Denial::from(Code::AuthUnavailable).reply(&ErrorFaces::default()));
 }
 
 fn send(envoy: &FilterHandle, reply: &Reply) {
@@ -79,6 +79,7 @@ impl Filter {
             // Off wasm, RS256 and ES256 are verified in software.
             signatures: &NoSignatureHost,
             stats,
+            access_log: &NoAccessLog,
             context_id: self.context_id,
         }
     }
@@ -105,7 +106,12 @@ impl Filter {
         self.credentials = CREDENTIAL_HEADERS.iter().copied().filter(|n| carries(&headers, n)).collect();
         match handled.next {
             Next::Apply(effects) => self.apply(envoy, effects),
-            Next::Ask(call) => self.ask(envoy, &worker, &stats, call),
+            Next::Ask(call) => self.ask(envoy, &worker, &stats, *call),
+            // Policies with webhooks do not configure in this build.
+            Next::Body(_) => {
+                fail_closed(envoy);
+                Paused::Yes
+            }
         }
     }
 
@@ -164,7 +170,7 @@ impl Filter {
     fn finish(&mut self, envoy: &FilterHandle, worker: &Worker, stats: &FilterStats<'_>, settled: Settled) -> Paused {
         match settled {
             Settled::Done(effects) => self.apply(envoy, effects),
-            Settled::Again(call) => self.ask(envoy, worker, stats, call),
+            Settled::Again(call) => self.ask(envoy, worker, stats, *call),
         }
     }
 
@@ -188,4 +194,12 @@ impl Filter {
             envoy.continue_decoding();
         }
     }
+}
+
+/// The access-log fields are the wasm build's (filter state); this build
+/// does not publish them yet.
+struct NoAccessLog;
+
+impl AccessLog for NoAccessLog {
+    fn set(&self, _: &str, _: &str) {}
 }

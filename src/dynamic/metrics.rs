@@ -100,7 +100,10 @@ impl Stats for FilterStats<'_> {
         self.bump(self.metrics.allowed, 1);
     }
 
-    fn denied(&self, code: Code, shadow: bool) {
+    /// Per-route counters are the wasm build's: the native ABI defines
+    /// metrics at configuration only, and route names are known there, but
+    /// the labels are not wired yet.
+    fn denied(&self, code: Code, shadow: bool, _route: &str) {
         self.bump_code(if shadow { &self.metrics.shadow_denied } else { &self.metrics.denied }, code);
     }
 

@@ -11,7 +11,7 @@ import urllib.request
 
 import pytest
 
-from harness import ROOT, free_port, shipped_policy_text
+from harness import BUILD, ROOT, free_port, shipped_policy_text
 
 sys.path.insert(0, str(ROOT / "envoy"))
 import run_local  # noqa: E402
@@ -55,6 +55,10 @@ def test_the_demo_policy_works_as_the_banner_says(demo):
     assert demo.request("/api/v1/api-keys", [("authorization", f"Bearer {forged}")], method="POST").status == 401
 
 
+WASM_ONLY = pytest.mark.skipif(BUILD == "dynamic", reason="wasm build only for now (docs/native.md)")
+
+
+@WASM_ONLY
 def test_denials_are_labelled_by_route_and_code_in_prometheus(demo):
     for _ in range(2):
         demo.request("/v1/agents", [("x-api-key", "sk_live_acme_NotARealKey")])
@@ -74,6 +78,7 @@ def test_denials_are_labelled_by_route_and_code_in_prometheus(demo):
     assert demo.wait_for_log("route=agents key=-") and "deny invalid_api_key" in demo.log()
 
 
+@WASM_ONLY
 def test_the_access_log_shows_the_decision_and_who_called(demo, access_log):
     demo.request("/v1/agents?api_key=never-logged", [("x-api-key", DEMO_KEY)])
     demo.request("/v1/agents", [("x-api-key", "sk_live_acme_NotARealKey")])

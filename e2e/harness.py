@@ -106,8 +106,10 @@ class EnvoyFailed(Exception):
 
 
 class Envoy:
-    def __init__(self, policy, upstream, pepper=TEST_PEPPER, concurrency=2, edit=None):
-        """`edit`, if given, may change the Envoy config (a dict) before start."""
+    def __init__(self, policy, upstream, pepper=TEST_PEPPER, concurrency=2, edit=None, secrets=None):
+        """`edit`, if given, may change the Envoy config (a dict) before start.
+        `secrets` are environment variables for the filter: the wasm VM's
+        (`vm_config.environment_variables`), or Envoy's own for the native build."""
         self.dir = Path(tempfile.mkdtemp(prefix="edge-auth-e2e-"))
         self.port = free_port()
         self.admin_port = free_port()
@@ -121,6 +123,8 @@ class Envoy:
         wasm = wasm_filter(config)
         wasm["vm_config"]["code"]["local"]["filename"] = str(WASM)
         wasm["configuration"]["value"] = policy if isinstance(policy, str) else json.dumps(policy)
+        if secrets:
+            wasm["vm_config"].setdefault("environment_variables", {})["key_values"] = dict(secrets)
         if BUILD == "dynamic":
             use_dynamic_module(config)
         if edit:
@@ -133,6 +137,7 @@ class Envoy:
             env["EDGE_AUTH_PEPPER"] = pepper
         if BUILD == "dynamic":
             env["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] = str(MODULE_DIR)
+            env.update(secrets or {})
         self.proc = subprocess.Popen(
             [
                 str(ENVOY_BIN),

@@ -71,25 +71,12 @@ def echo():
     server.shutdown()
 
 
-def vm_env(values):
-    """An Envoy config edit giving the VM these environment variables."""
-    def edit(config):
-        for listener in config["static_resources"]["listeners"]:
-            for chain in listener["filter_chains"]:
-                for f in chain["filters"]:
-                    for hf in f["typed_config"].get("http_filters", []):
-                        if hf["name"] == "envoy.filters.http.wasm":
-                            env = hf["typed_config"]["config"]["vm_config"].setdefault("environment_variables", {})
-                            env["key_values"] = dict(values)
-    return edit
-
-
 @pytest.fixture(scope="module")
 def start(echo):
     started = []
 
     def run(policy, **env):
-        proxy = Envoy(policy, echo, pepper=PEPPER, edit=vm_env(env)).wait_ready()
+        proxy = Envoy(policy, echo, pepper=PEPPER, secrets=env).wait_ready()
         started.append(proxy)
         return proxy
 
@@ -207,7 +194,7 @@ def test_b_rotation_and_revocation_across_envoys(start):
 
 def test_b_a_short_session_key_refuses_the_policy(echo):
     envoy = Envoy(example("b-sessions.json"), echo, pepper=PEPPER,
-                  edit=vm_env({"EDGE_AUTH_SESSION_KEY": "short", "EDGE_AUTH_SESSION_KEY_OLD": SESSION_KEY}))
+                  secrets={"EDGE_AUTH_SESSION_KEY": "short", "EDGE_AUTH_SESSION_KEY_OLD": SESSION_KEY})
     try:
         assert envoy.wait_exit() not in (None, 0), "envoy started with a 5-byte session key"
         line = next(l for l in envoy.wait_for_log("edge-auth: config:").splitlines() if "edge-auth: config:" in l)

@@ -51,6 +51,8 @@ class _Echo(BaseHTTPRequestHandler):
             body = self.rfile.read(int(self.headers.get("content-length") or 0))
         seen = {"headers": {k.lower(): v for k, v in self.headers.items()},
                 "body_sha256": hashlib.sha256(body).hexdigest(), "body_len": len(body)}
+        with self.server.lock:
+            self.server.bodies.append(seen["body_sha256"])
         out = json.dumps(seen).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
@@ -66,7 +68,9 @@ class _Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def echo():
-    server = LoopbackServer(0, _Echo).start()
+    server = LoopbackServer(0, _Echo)
+    server.bodies = []  # SHA-256 of every complete body that reached upstream
+    server.start()
     yield server
     server.shutdown()
 
@@ -268,7 +272,7 @@ def test_c_signed_webhooks_reach_upstream_byte_for_byte(kaie):
     assert r.status == 200 and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r
 
 
-def test_c_forged_missing_and_oversized_webhooks_are_refused(kaie):
+def test_c_forged_missing_and_oversized_webhooks_are_refused(kaie, echo):
     body = b'{"event":"task.done"}'
     signature = kaie_signature(body)
     before = kaie.stats()
@@ -283,6 +287,9 @@ def test_c_forged_missing_and_oversized_webhooks_are_refused(kaie):
         r = send(kaie, "POST", "/webhooks/kaie", headers, payload, chunks=chunks)
         assert r.status == 401 and r.json() == UNAUTHORIZED, (headers[:0], r)
     after = kaie.stats()
+    # Refused calls never reach upstream as a complete request.
+    refused = {hashlib.sha256(b).hexdigest() for b in (b'{"event":"task.failed"}', b"x" * 70000, b"y" * 70000)}
+    assert not refused & set(echo.bodies), "a refused webhook body reached upstream"
     def delta(code):
         name = f"wasmcustom.edge_auth.denied.{code}"
         return after.get(name, 0) - before.get(name, 0)

@@ -74,7 +74,7 @@ pub struct Sessions {
     pub prefix: String,
     /// Signs and verifies.
     current: HmacSha256,
-    /// Only verifies (a rotation in progress).
+    /// Only verifies (a rotation in progress; its variable may be unset).
     previous: Option<HmacSha256>,
 }
 
@@ -112,8 +112,14 @@ impl Sessions {
             return Err(ConfigError::new("sessions.ttl_s", format!("must be 1 to {MAX_TTL_S} seconds")));
         }
         let current = session_key(env, &doc.key_env, "key_env")?;
-        let previous =
-            doc.previous_key_env.as_ref().map(|name| session_key(env, name, "previous_key_env")).transpose()?;
+        // Unset between rotations is normal: the variable can stay named in
+        // the policy, and rotating is then a change of environment only.
+        let previous = doc
+            .previous_key_env
+            .as_ref()
+            .filter(|name| env.var(name).is_some_and(|value| !value.is_empty()))
+            .map(|name| session_key(env, name, "previous_key_env"))
+            .transpose()?;
         Ok(Self { path: doc.path.clone(), ttl_s: doc.ttl_s, prefix: doc.prefix.clone(), current, previous })
     }
 
@@ -259,8 +265,10 @@ mod tests {
     fn configuration_errors_name_the_field_never_the_key() {
         let err = sessions("SHORT", None).unwrap_err();
         assert_eq!(err.to_string(), "sessions.key_env: environment variable SHORT is missing or shorter than 32 bytes");
-        let err = sessions("SK", Some("NOPE")).unwrap_err();
-        assert!(err.to_string().starts_with("sessions.previous_key_env: environment variable NOPE"));
+        let err = sessions("SK", Some("SHORT")).unwrap_err();
+        assert!(err.to_string().starts_with("sessions.previous_key_env: environment variable SHORT"));
+        // An unset previous key is no rotation in progress.
+        assert!(sessions("SK", Some("NOPE")).is_ok());
         assert!(!format!("{:?}", sessions("SK", Some("SK_OLD")).unwrap()).contains(KEY));
     }
 }

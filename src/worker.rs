@@ -197,6 +197,17 @@ impl Worker {
         Handled { spoofed, next }
     }
 
+    /// The headers a webhook call goes upstream with if its body passes:
+    /// for hosts that must pass the headers on before the body is in (see
+    /// [`Next::Body`]). Nothing is counted until [`Worker::settle_body`].
+    pub fn webhook_headers(&self, check: &BodyCheck) -> Effects<'_> {
+        let verdict = match self.policy.webhooks.get(check.hook) {
+            Some(webhook) => Verdict::Allow(Some(webhook_identity(&webhook.name))),
+            None => Verdict::Allow(None),
+        };
+        effects::of(&self.policy, &Decision { verdict, ..undecided(check.route) })
+    }
+
     /// Finishes a webhook call once its body is in, or once it grew past
     /// [`BodyCheck::max_body_bytes`].
     pub fn settle_body(&self, check: BodyCheck, body: Body<'_>, host: &Host<'_>) -> Effects<'_> {
@@ -208,13 +219,7 @@ impl Worker {
             (_, Body::TooLarge) | (None, _) => Err(WebhookError::TooLarge),
         };
         let verdict = match checked {
-            Ok(webhook) => Verdict::Allow(Some(Identity {
-                org: None,
-                account: None,
-                subject: Cow::Borrowed(webhook.name.as_str()),
-                scopes: Cow::Borrowed(""),
-                kind: CredentialKind::Webhook,
-            })),
+            Ok(webhook) => Verdict::Allow(Some(webhook_identity(&webhook.name))),
             Err(why) => {
                 let denial =
                     Denial::from(if why.is_missing() { Code::MissingSignature } else { Code::InvalidSignature });
@@ -223,17 +228,7 @@ impl Worker {
             }
         };
         self.record(None, check.route, None, None, host);
-        let decision = Decision {
-            route: check.route,
-            verdict,
-            key_id: None,
-            detail: None,
-            rate: None,
-            global: None,
-            issue: None,
-            body: None,
-        };
-        effects::of(&self.policy, &decision)
+        effects::of(&self.policy, &Decision { verdict, ..undecided(check.route) })
     }
 
     /// Finishes a request once the engine answered (`Err` when the call
@@ -358,6 +353,31 @@ impl Worker {
 
 const NANOS: u64 = 1_000_000_000;
 
+/// A verified webhook sender, as upstream sees it.
+fn webhook_identity(name: &str) -> Identity<'_> {
+    Identity {
+        org: None,
+        account: None,
+        subject: Cow::Borrowed(name),
+        scopes: Cow::Borrowed(""),
+        kind: CredentialKind::Webhook,
+    }
+}
+
+/// A decision on `route` with nothing decided yet (the verdict is a refusal).
+fn undecided<'p>(route: Option<usize>) -> Decision<'p> {
+    Decision {
+        route,
+        verdict: Verdict::Deny(Code::InvalidSignature.into()),
+        key_id: None,
+        detail: None,
+        rate: None,
+        global: None,
+        issue: None,
+        body: None,
+    }
+}
+
 /// A global bucket's state as the engine reported it, with `remaining` tokens.
 fn quota_of(status: &DescriptorStatus, remaining: u64) -> Quota {
     Quota { limit: status.limit, remaining, reset_s: status.until_reset_ns.div_ceil(NANOS) }
@@ -377,9 +397,12 @@ fn with_quota(effects: Effects<'static>, quota: Option<Quota>) -> Effects<'stati
 pub enum Next<'w> {
     /// Apply these effects now.
     Apply(Effects<'w>),
-    /// A signed webhook: hold the request, buffer its body (refusing as
-    /// soon as it passes `max_body_bytes`) and hand it to
-    /// [`Worker::settle_body`].
+    /// A signed webhook: buffer the body (refusing as soon as it passes
+    /// `max_body_bytes`) and hand it to [`Worker::settle_body`]. A host that
+    /// can hold the headers meanwhile applies only what `settle_body` says;
+    /// one that cannot (proxy-wasm: a paused filter gets no body callbacks)
+    /// passes them on with [`Worker::webhook_headers`] and holds the body,
+    /// so a refusal resets the upstream stream before the request is complete.
     Body(BodyCheck),
     /// Pause the request, make this engine call, and hand its answer to
     /// [`Worker::settle`].

@@ -28,6 +28,8 @@ pub struct HttpFilter {
     /// A webhook call whose body is being buffered, and how much is in.
     body_check: Option<BodyCheck>,
     body_size: usize,
+    /// The headers of a webhook call went upstream ahead of its body.
+    headers_sent: bool,
 }
 
 impl HttpFilter {
@@ -47,6 +49,7 @@ impl HttpFilter {
             response_headers: Vec::new(),
             body_check: None,
             body_size: 0,
+            headers_sent: false,
         }
     }
 
@@ -106,8 +109,11 @@ impl HttpFilter {
         else {
             return Action::Continue;
         };
-        let effects = worker.settle_body(check, body, &self.host(&metrics));
-        self.apply(effects)
+        match worker.settle_body(check, body, &self.host(&metrics)) {
+            // Set when the headers went on (`webhook_headers`); already upstream.
+            Effects::Forward { .. } if self.headers_sent => Action::Continue,
+            effects => self.apply(effects),
+        }
     }
 
     /// The buffered body once it is complete (at its end, or at trailers).
@@ -170,13 +176,18 @@ impl HttpContext for HttpFilter {
             Next::Apply(effects) => self.apply(effects),
             Next::Ask(call) => self.ask(&worker, &metrics, *call),
             Next::Body(check) => {
+                let held = worker.webhook_headers(&check);
                 self.body_check = Some(check);
                 if end_of_stream {
                     // No body will follow: check the empty one now.
                     return self.settle_body(Body::Complete(&[]));
                 }
-                // Held (headers included) until the body is in.
-                Action::Pause
+                // Proxy-wasm hosts give a filter that pauses at the headers no
+                // body callbacks (they pause everything), so the headers go on
+                // and the body is held; a refusal resets the upstream stream
+                // before the request is complete.
+                self.headers_sent = true;
+                self.apply(held)
             }
         }
     }

@@ -21,6 +21,10 @@ usage:
   edge-auth policy diff OLD NEW      (what a rollout changes; both must pass check)
   edge-auth rls --listen ADDR --redis URL [--redis URL ...] [--metrics ADDR]
                                      (the fleet-wide rate-limit service; until SIGTERM)
+  edge-auth keys serve --file KEYSET.json --listen ADDR [--path /v1/edge/keys]
+                       [--policy FILE] [--max-wait 60] [--history 64]
+                                     (the reference key server: ETag, long polls,
+                                      changes-only answers; until SIGTERM)
 
 The pepper is read from $EDGE_AUTH_PEPPER.";
 
@@ -40,6 +44,10 @@ fn main() -> ExitCode {
         ["policy", "diff", old, new] => policy_diff(old, new),
         ["rls", rest @ ..] => edge_auth_rls::main(rest).map_err(|e| match e {
             edge_auth_rls::Error::Usage(_) => Failure::Usage(e.to_string()),
+            _ => Failure::Failed(e.to_string()),
+        }),
+        ["keys", "serve", rest @ ..] => edge_auth_keyserver::main(rest).map_err(|e| match e {
+            edge_auth_keyserver::Error::Usage(_) => Failure::Usage(e.to_string()),
             _ => Failure::Failed(e.to_string()),
         }),
         ["-h" | "--help" | "help"] => {

@@ -21,6 +21,7 @@ class LongPollServer(LoopbackServer):
         self.delay = 0.0  # seconds before every answer
         self.hits = []  # (monotonic time, If-None-Match or None, status)
         self.stopping = False
+        self.log = {}  # version -> (base, changes) for one-entry changes, answered without a diff
 
     def publish(self, records, revoked=()):
         with self.lock:
@@ -30,8 +31,12 @@ class LongPollServer(LoopbackServer):
 
     def revoke(self, key_id):
         with self.lock:
-            keys, revoked = self.sets[str(self.version)]
-        self.publish(list(keys.values()), revoked | {key_id})
+            base = str(self.version)
+            keys, revoked = self.sets[base]
+            self.version += 1
+            self.sets[str(self.version)] = (keys, revoked | {key_id})
+            self.log[str(self.version)] = (base, {"revoke": [key_id]})
+            self.changed.notify_all()
 
     def forget_history(self):
         with self.lock:
@@ -57,6 +62,9 @@ class LongPollServer(LoopbackServer):
         if self.mode == "wrong-base" and held is not None:
             changes = {"revoke": sorted(revoked)}
             return 200, json.dumps({"version": current, "base": "nonsense", "changes": changes}).encode()
+        if current in self.log and self.log[current][0] == held:
+            base, changes = self.log[current]
+            return 200, json.dumps({"version": current, "base": base, "changes": changes}).encode()
         if held in self.sets:
             old_keys, old_revoked = self.sets[held]
             changes = {

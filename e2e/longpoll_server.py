@@ -4,6 +4,7 @@ version it has published, and can fail, be slow, forget its history or
 answer changes on a base the filter does not hold."""
 
 import json
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
@@ -52,6 +53,11 @@ class LongPollServer(LoopbackServer):
             self.stopping = True
             self.changed.notify_all()
         super().shutdown()
+
+    def handle_error(self, request, client_address):
+        # Envoy closing a held poll as it stops is no error.
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     def reply(self, held):
         """(status, body) for a filter holding `held`; under the lock."""

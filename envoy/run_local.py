@@ -18,10 +18,13 @@ DEMO_PEPPER = "demo-pepper-not-for-production"
 DEMO_KEY = "sk_live_acme_DemoKey0000000000000000000000000001"
 REVOKED_KEY = "sk_live_acme_RevokedKey00000000000000000000000002"
 SERVED_KEY = "sk_live_globex_ServedKey000000000000000000000005"
+KEYS_SERVE = ["target/release/edge-auth", "keys", "serve", "--file", "envoy/keyset.json", "--listen", "127.0.0.1:8083"]
 
 
 def main():
     upstream = Upstream(8081).start()
+    # The key server of the envoy.yaml `keyserver` cluster.
+    keys_serve = subprocess.Popen(KEYS_SERVE, cwd=ROOT)
     env = {**os.environ, "EDGE_AUTH_PEPPER": os.environ.get("EDGE_AUTH_PEPPER", DEMO_PEPPER)}
     envoy_bin = Path(sys.prefix) / "bin/envoy"
     envoy = subprocess.Popen(
@@ -57,10 +60,11 @@ edge-auth is running: Envoy on http://localhost:10000 -> demo upstream on :{upst
   # a public route: no credential needed, spoofed identity headers are stripped
   curl -s localhost:10000/api/accounts -H 'x-org-id: spoofed'
 
-  # a key from the key server (envoy/keyset.json, fetched every second):
+  # a key from the key server (edge-auth keys serve, serving envoy/keyset.json):
   curl -s localhost:10000/v1/agents -H 'x-api-key: {SERVED_KEY}'
   # revoke it without touching Envoy: add "key_served" to "revoked" in
-  # envoy/keyset.json, and within a second the same curl answers 403.
+  # envoy/keyset.json, and within milliseconds the same curl answers 403
+  # (the filter's fetch is held open until the set changes).
 
   # counters and the key-set gauges
   curl -s 127.0.0.1:9901/stats/prometheus | grep edge_auth_
@@ -73,6 +77,8 @@ Ctrl-C to stop.
     finally:
         envoy.terminate()
         envoy.wait()
+        keys_serve.terminate()
+        keys_serve.wait()
         upstream.shutdown()
 
 

@@ -1,16 +1,21 @@
-"""Revocation latency through a key server (`make bench-envoy`).
+"""Revocation latency (`make bench-envoy`): from the key server's change to
+the first 403 on every worker of two Envoys (--concurrency 2 each), with
+10,000 and 100,000 keys and `refresh_s: 30`, through `edge-auth keys serve`
+(the change is the key-set file's atomic replacement) and through a
+long-polling test server (the change is made in memory).
 
-Serves 10,000 keys, then revokes 20 of them one at a time and measures how
-long until Envoy refuses each (polling every 2 ms), at several refresh
-intervals. Also times an API-key request (over a public-route baseline, Envoy
-answering itself) with the 10,000 keys loaded.
+Every worker is watched through several keep-alive connections per Envoy,
+each polled by its own thread; a revocation's latency is the time until the
+last of them answered 403. Prints p50/p99/max per size and server.
 """
 
 import hashlib
 import hmac
 import http.client
+import os
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,20 +24,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from harness import TEST_PEPPER, Envoy, start_upstream  # noqa: E402
 from jwt_in_envoy import answer_directly  # noqa: E402
-from key_server import KeyServer, add_cluster  # noqa: E402
+from key_server import add_cluster  # noqa: E402
+from keys_serve import PATH, KeysServe  # noqa: E402
+from longpoll_server import LongPollServer  # noqa: E402
 
-KEYS = 10_000
-PATH = "/v1/edge/keys"
+CONNECTIONS = 6  # per Envoy: Envoy spreads connections over its workers
+REVOCATIONS = {10_000: 40, 100_000: 20}
 
 
 def key(i):
     return f"sk_live_acme_Bench{i:08d}"
 
 
-def records():
+def records(n):
     pepper = TEST_PEPPER.encode()
     return [{"id": f"key_{i}", "hash": hmac.new(pepper, key(i).encode(), hashlib.sha256).hexdigest(),
-             "org": "org_1", "account": "acme"} for i in range(KEYS)]
+             "org": "org_1", "account": "acme"} for i in range(n)]
 
 
 def status(conn, k):
@@ -42,69 +49,106 @@ def status(conn, k):
     return resp.status
 
 
-def request_cost_us(conn):
-    """Median µs an API-key request costs over the public route, 10,000 keys
-    loaded; the two kinds are interleaved after a warm-up, so drift hits both."""
-    def once(path, headers):
-        start = time.perf_counter_ns()
-        conn.request("GET", path, headers=headers)
-        conn.getresponse().read()
-        return time.perf_counter_ns() - start
+class FileChanges:
+    """keys serve: each revocation rewrites the file (serialised beforehand)."""
 
-    keyed, public = [], []
-    for i in range(2300):
-        a, b = once("/x", {"x-api-key": key(5000)}), once("/public", {})
-        if i >= 300:
-            keyed.append(a)
-            public.append(b)
-    return (statistics.median(keyed) - statistics.median(public)) / 1000
+    def __init__(self, all_records):
+        self.server = KeysServe(all_records)
+        self.server.start(timeout=120)
+        import json
+        self.prefix = '{"version":"b","keys":' + json.dumps(all_records) + ',"revoked":'
+        self.revoked = []
+        self.port = self.server.port
+
+    def revoke(self, key_id):
+        import json
+        self.revoked.append(key_id)
+        text = self.prefix + json.dumps(self.revoked) + "}"
+        tmp = self.server.dir / ".next"
+        start = time.monotonic()
+        tmp.write_text(text)
+        os.replace(tmp, self.server.file)
+        return start
+
+    def stop(self):
+        self.server.stop()
 
 
-def measure(refresh, all_records):
-    server = KeyServer().start()
-    server.publish(PATH, {"version": "0", "keys": all_records})
+class MemoryChanges:
+    def __init__(self, all_records):
+        self.server = LongPollServer().start()
+        self.server.publish(all_records)
+        self.port = self.server.port
+
+    def revoke(self, key_id):
+        start = time.monotonic()
+        self.server.revoke(key_id)
+        return start
+
+    def stop(self):
+        self.server.shutdown()
+
+
+def measure(size, all_records, make_server):
+    server = make_server(all_records)
     upstream = start_upstream()
-    policy = {"api_keys": {"source": {"cluster": "keyserver", "path": PATH, "refresh_s": refresh}},
-              "routes": [{"prefix": "/public", "auth": "none"}]}
+    policy = {"api_keys": {"source": {"cluster": "keyserver", "path": PATH, "refresh_s": 30}}}
 
     def edit(config):
         add_cluster("keyserver", server.port)(config)
         answer_directly(config)
 
-    envoy = Envoy(policy, upstream, edit=edit).wait_ready()
+    envoys = [Envoy(policy, upstream, edit=edit).wait_ready() for _ in range(2)]
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", envoy.port)
-        deadline = time.monotonic() + 30
-        while status(conn, key(0)) != 200:
-            if time.monotonic() > deadline:
-                raise SystemExit("key set never loaded")
-            time.sleep(0.05)
+        conns = [http.client.HTTPConnection("127.0.0.1", e.port) for e in envoys for _ in range(CONNECTIONS)]
+        deadline = time.monotonic() + 120
+        for conn in conns:
+            while status(conn, key(0)) != 200:
+                if time.monotonic() > deadline:
+                    raise SystemExit("key set never loaded")
+                time.sleep(0.05)
+        time.sleep(1)  # the long polls settle on the loaded version
         latencies = []
-        revoked = []
-        for n in range(20):
+        for n in range(REVOCATIONS[size]):
             i = 100 + n
-            revoked.append(f"key_{i}")
-            time.sleep(refresh * 0.37)  # land at different points of the interval
-            start = time.monotonic()
-            server.publish(PATH, {"version": str(n + 1), "keys": all_records, "revoked": revoked})
-            while status(conn, key(i)) != 403:
-                time.sleep(0.002)
-            latencies.append((time.monotonic() - start) * 1000)
-        fetches = len(server.hits_on(PATH))
-        return statistics.median(latencies), max(latencies), request_cost_us(conn), fetches
+            seen = [None] * len(conns)
+
+            def watch(j, conn=None):
+                conn = conns[j]
+                while status(conn, key(i)) != 403:
+                    pass
+                seen[j] = time.monotonic()
+
+            threads = [threading.Thread(target=watch, args=(j,)) for j in range(len(conns))]
+            for t in threads:
+                t.start()
+            start = server.revoke(f"key_{i}")
+            for t in threads:
+                t.join(60)
+            latencies.append((max(seen) - start) * 1000)
+            time.sleep(0.15)
+        return latencies
     finally:
-        envoy.stop()
+        for e in envoys:
+            e.stop()
         upstream.shutdown()
-        server.shutdown()
+        server.stop()
+
+
+def pct(values, p):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
 def main():
-    all_records = records()
-    print(f"{KEYS} keys; 20 revocations each; Envoy --concurrency 2")
-    print(f"{'refresh_s':>9} {'median ms':>10} {'max ms':>8} {'µs per API-key request':>23} {'fetches':>8}")
-    for refresh in (1.0, 0.05):
-        median, worst, request_us, fetches = measure(refresh, all_records)
-        print(f"{refresh:>9} {median:>10.0f} {worst:>8.0f} {request_us:>23.0f} {fetches:>8}")
+    print("refresh_s 30; two Envoys, --concurrency 2 each; latency to the last worker's first 403")
+    print(f"{'keys':>8} {'server':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    for size in (10_000, 100_000):
+        all_records = records(size)
+        for name, make in (("keys serve (file)", FileChanges), ("long-poll test server", MemoryChanges)):
+            ms = measure(size, all_records, make)
+            print(f"{size:>8} {name:<22} {statistics.median(ms):>8.1f} {pct(ms, 99):>8.1f} {max(ms):>8.1f}",
+                  flush=True)
 
 
 if __name__ == "__main__":

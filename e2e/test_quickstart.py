@@ -110,6 +110,7 @@ def test_run_local_gives_every_named_variable_a_demo_value():
 class RunLocal:
     def __init__(self, policy_path, extra_env=None):
         self.port, self.admin_port, self.upstream_port = free_port(), free_port(), free_port()
+        self.keys_port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("EDGE_AUTH_")}
         env.update(extra_env or {})
         self.out_path = policy_path.parent / "run_local.out"
@@ -117,7 +118,7 @@ class RunLocal:
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "envoy/run_local.py"), "--policy", str(policy_path),
              "--port", str(self.port), "--admin-port", str(self.admin_port),
-             "--upstream-port", str(self.upstream_port)],
+             "--upstream-port", str(self.upstream_port), "--keys-port", str(self.keys_port)],
             cwd=ROOT, env=env, stdout=self.out, stderr=subprocess.STDOUT,
             # As a shell runs a background job: SIGINT ignored on entry.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),

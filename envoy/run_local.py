@@ -105,7 +105,7 @@ def wasm_filter(listener):
 class DynamicEnvoy:
     """envoy/envoy.yaml with its listener in a watched LDS file."""
 
-    def __init__(self, directory, port, admin_port, upstream_port):
+    def __init__(self, directory, port, admin_port, upstream_port, keys_port):
         self.dir = Path(directory)
         self.watched = self.dir / "lds"
         self.watched.mkdir()
@@ -115,10 +115,11 @@ class DynamicEnvoy:
         self.listener = config["static_resources"].pop("listeners")[0]
         self.listener["address"]["socket_address"]["port_value"] = port
         config["admin"]["address"]["socket_address"]["port_value"] = admin_port
+        ports = {"upstream": upstream_port, "keyserver": keys_port}
         for cluster in config["static_resources"]["clusters"]:
-            if cluster["name"] in ("upstream", "keyserver"):
+            if cluster["name"] in ports:
                 endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-                endpoint["address"]["socket_address"]["port_value"] = upstream_port
+                endpoint["address"]["socket_address"]["port_value"] = ports[cluster["name"]]
         config["node"] = {"id": "edge-auth-local", "cluster": "edge-auth"}
         config["dynamic_resources"] = {"lds_config": {
             "path_config_source": {"path": str(self.lds), "watched_directory": {"path": str(self.watched)}},
@@ -256,10 +257,10 @@ def demo_curls(port, admin_port, policy, env):
     if token and env.get("EDGE_AUTH_DEMO_JWT_SECRET") == DEMO_VALUES["EDGE_AUTH_DEMO_JWT_SECRET"]:
         lines += ["  # the JWT-only route, with a token of the demo provider (HS256, k_env)",
                   f"  curl -s -X POST localhost:{port}/api/v1/api-keys -H 'Authorization: Bearer {token}'", ""]
-    lines += ["  # a key from the key server (envoy/keyset.json, fetched every second):",
+    lines += ["  # a key from the key server (edge-auth keys serve, serving envoy/keyset.json):",
               f"  curl -s localhost:{port}/v1/agents -H 'x-api-key: {SERVED_KEY}'",
               "  # revoke it without touching Envoy: add \"key_served\" to \"revoked\" in",
-              "  # envoy/keyset.json, and within a second the same curl answers 403.", "",
+              "  # envoy/keyset.json, and within milliseconds the same curl answers 403.", "",
               "  # counters, per-route denials as labels, and the key-set gauges",
               f"  curl -s 127.0.0.1:{admin_port}/stats/prometheus | grep edge_auth_", ""]
     return lines
@@ -271,6 +272,7 @@ def main():
     parser.add_argument("--port", type=int, default=10000)
     parser.add_argument("--admin-port", type=int, default=9901)
     parser.add_argument("--upstream-port", type=int, default=8081)
+    parser.add_argument("--keys-port", type=int, default=8083)
     args = parser.parse_args()
     policy_path = Path(args.policy)
 
@@ -292,8 +294,15 @@ def main():
         sys.exit(f"run_local: {policy_path} is not a valid policy:\n{why}")
 
     upstream = Upstream(args.upstream_port).start()
+    # The `keyserver` cluster's key server: it holds the filter's fetch open
+    # until envoy/keyset.json changes (a long poll).
+    keys_serve = subprocess.Popen(
+        [str(CLI), "keys", "serve", "--file", str(ROOT / "envoy/keyset.json"),
+         "--listen", f"127.0.0.1:{args.keys_port}"],
+        cwd=ROOT, start_new_session=True,
+    )
     workdir = tempfile.TemporaryDirectory(prefix="edge-auth-run-")
-    envoy_config = DynamicEnvoy(workdir.name, args.port, args.admin_port, args.upstream_port)
+    envoy_config = DynamicEnvoy(workdir.name, args.port, args.admin_port, args.upstream_port, args.keys_port)
     envoy_config.write(text, names)
     envoy_bin = Path(sys.prefix) / "bin/envoy"
     envoy = subprocess.Popen(
@@ -324,6 +333,8 @@ def main():
             except subprocess.TimeoutExpired:
                 envoy.kill()
                 envoy.wait()
+        keys_serve.terminate()
+        keys_serve.wait()
         upstream.shutdown()
         workdir.cleanup()
         print("run_local: stopped", flush=True)

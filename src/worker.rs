@@ -6,6 +6,7 @@
 //! removes the headers [`Handled::spoofed`] names and applies
 //! [`Handled::effects`]. Nothing here knows which host it runs in.
 
+use crate::api_key::KeySet;
 use crate::config::Mode;
 use crate::decision::{decide, BodyCheck, Decision, Detail, Identity, Request, Runtime, Verdict};
 use crate::denial::{Code, Denial};
@@ -17,6 +18,7 @@ use crate::rate_limit::global::{self, Ask, Global};
 use crate::rate_limit::lease;
 use crate::rate_limit::rls_wire::{self, DescriptorStatus, RateLimitResponse};
 use crate::rate_limit::{self, ChargeResult, Engine, FailureMode, Placement, Quota};
+use crate::remote::Outcome;
 use crate::route::CredentialKind;
 use crate::store::SharedStore;
 use crate::webhook::WebhookError;
@@ -131,6 +133,19 @@ impl Worker {
         if self.fetched.borrow_mut().sync(&self.policy, store) {
             self.tokens.borrow_mut().clear();
         }
+    }
+
+    /// Judges what `feed`'s server answered, against the documents this
+    /// worker holds (see [`Fetched::assess`]); syncs first.
+    pub fn assess(&self, feed: &Feed, answer: Answer, store: &dyn SharedStore) -> Outcome {
+        self.sync(store);
+        let meta = feed.shared(store).meta();
+        self.fetched.borrow().assess(&self.policy, feed, answer.status, answer.body, answer.etag, &meta)
+    }
+
+    /// Keys in the fetched key set, once loaded.
+    pub fn fetched_keys(&self) -> Option<usize> {
+        self.fetched.borrow().keys().ok().flatten().map(KeySet::len)
     }
 
     /// Decides a request, counts and logs the decision, and says what to do.
@@ -391,6 +406,14 @@ fn with_quota(effects: Effects<'static>, quota: Option<Quota>) -> Effects<'stati
         }
         reply @ Effects::Reply(_) => reply,
     }
+}
+
+/// A source's answer to a fetch.
+pub struct Answer<'a> {
+    /// `none` when the call itself failed.
+    pub status: &'a str,
+    pub body: Option<Vec<u8>>,
+    pub etag: Option<String>,
 }
 
 /// What the host does next with a request.

@@ -28,6 +28,10 @@ usage:
                                      (the signature header value for a body)
   edge-auth rls --listen ADDR --redis URL [--redis URL ...] [--metrics ADDR]
                                      (the fleet-wide rate-limit service; until SIGTERM)
+  edge-auth keys serve --file KEYSET.json --listen ADDR [--path /v1/edge/keys]
+                       [--policy FILE] [--max-wait 60] [--history 64]
+                                     (the reference key server: ETag, long polls,
+                                      changes-only answers; until SIGTERM)
 
 The pepper is read from $EDGE_AUTH_PEPPER.";
 
@@ -48,6 +52,10 @@ fn main() -> ExitCode {
         ["webhook", "sign", rest @ ..] => webhook_sign(rest),
         ["rls", rest @ ..] => edge_auth_rls::main(rest).map_err(|e| match e {
             edge_auth_rls::Error::Usage(_) => Failure::Usage(e.to_string()),
+            _ => Failure::Failed(e.to_string()),
+        }),
+        ["keys", "serve", rest @ ..] => edge_auth_keyserver::main(rest).map_err(|e| match e {
+            edge_auth_keyserver::Error::Usage(_) => Failure::Usage(e.to_string()),
             _ => Failure::Failed(e.to_string()),
         }),
         ["-h" | "--help" | "help"] => {

@@ -207,6 +207,28 @@ pub struct KeyRecordDoc {
     pub expires_at: Option<String>,
 }
 
+/// What changed in a key set since a version: applied in this order —
+/// `remove` and `upsert` (a record replaces the key of the same id), then
+/// `revoke` and `unrevoke`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyChangesDoc {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub upsert: Vec<KeyRecordDoc>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoke: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unrevoke: Vec<String>,
+}
+
+impl KeyChangesDoc {
+    pub fn is_empty(&self) -> bool {
+        self.upsert.is_empty() && self.remove.is_empty() && self.revoke.is_empty() && self.unrevoke.is_empty()
+    }
+}
+
 /// Where a key set or JWKS is fetched from: an Envoy cluster and a path.
 #[derive(Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -214,6 +236,8 @@ pub struct SourceDoc {
     pub cluster: String,
     pub path: String,
     pub refresh_s: Option<f64>,
+    /// Long-poll wait asked of the server (`Prefer: wait`); 0 turns it off.
+    pub wait_s: Option<f64>,
 }
 
 #[derive(Debug, Deserialize, Serialize)]

@@ -11,7 +11,7 @@ use crate::config::ProcessEnv;
 use crate::fetched::{self, Kind};
 use crate::policy::Policy;
 use crate::remote::Outcome;
-use crate::worker::Worker;
+use crate::worker::{Answer, Worker};
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -20,8 +20,6 @@ use std::time::Duration;
 /// The filter name Envoy's `filter_name` must give.
 pub const FILTER_NAME: &[u8] = b"edge_auth";
 
-/// How long a fetch may take before it counts as failed.
-const FETCH_TIMEOUT_MS: u64 = 5_000;
 /// How often the main thread looks at the sources: a few times per
 /// interval, between 10 ms and 1 s (as the wasm build's tick).
 const TICKS_PER_INTERVAL: u32 = 4;
@@ -36,7 +34,7 @@ pub struct Shared {
     /// Names this process as a fetch lease holder.
     holder: u64,
     /// Fetches in flight: callout id → feed index.
-    pending: Mutex<HashMap<u64, usize>>,
+    pending: Mutex<HashMap<u64, (usize, u64)>>,
 }
 
 pub struct Config {
@@ -108,15 +106,30 @@ impl Config {
     /// worker current.
     pub fn on_tick(&self, envoy: &ConfigHandle) {
         let Some(worker) = workers::worker(&self.shared) else { return };
+        self.fetch_due(envoy, &worker);
+        worker.sync(&*STORE);
+        self.gauges(envoy, &worker);
+    }
+
+    /// Fetches every source that is due and not leased to another thread.
+    fn fetch_due(&self, envoy: &ConfigHandle, worker: &Worker) {
         let now_ns = super::now_ns();
         for (index, feed) in worker.feeds().iter().enumerate() {
-            if let Some(etag) = feed.shared(&*STORE).try_lease(self.shared.holder, now_ns, feed.endpoint.refresh) {
-                self.fetch(envoy, &worker, index, &etag);
+            let endpoint = &feed.endpoint;
+            if let Some(etag) =
+                feed.shared(&*STORE).try_lease(self.shared.holder, now_ns, endpoint.refresh, endpoint.lease())
+            {
+                self.fetch(envoy, worker, index, &etag);
             }
         }
-        worker.sync(&*STORE);
+    }
+
+    fn gauges(&self, envoy: &ConfigHandle, worker: &Worker) {
         if let Some(feed) = worker.feeds().iter().find(|f| f.kind == Kind::Keys) {
             self.shared.metrics.key_set_generation(envoy, feed.shared(&*STORE).meta().generation);
+        }
+        if let Some(keys) = worker.fetched_keys() {
+            self.shared.metrics.key_set_size(envoy, keys);
         }
     }
 
@@ -128,41 +141,59 @@ impl Config {
         if !etag.is_empty() {
             headers.push(("if-none-match", etag));
         }
-        let callout =
-            Callout { cluster: &endpoint.cluster, headers: &headers, body: &[], timeout_ms: FETCH_TIMEOUT_MS };
+        let prefer = endpoint.wait.map(|w| format!("wait={}", w.as_secs()));
+        if let Some(prefer) = &prefer {
+            headers.push(("prefer", prefer));
+        }
+        let timeout_ms = u64::try_from(endpoint.call_timeout().as_millis()).unwrap_or(u64::MAX).max(1);
+        let callout = Callout { cluster: &endpoint.cluster, headers: &headers, body: &[], timeout_ms };
         match envoy.callout(&callout) {
             Some(id) => {
                 if let Ok(mut pending) = self.shared.pending.lock() {
-                    pending.insert(id, index);
+                    pending.insert(id, (index, super::now_ns()));
                 }
             }
             None => {
                 log::warn!("edge-auth: source {}: cannot call cluster {}", feed.id, endpoint.cluster);
-                self.settle(envoy, worker, index, Outcome::Failed);
+                self.settle(envoy, worker, index, Outcome::Failed, None);
             }
         }
     }
 
-    /// On the main thread: a fetch answered (or failed).
+    /// On the main thread: a fetch answered (or failed). A long poll goes
+    /// straight back to the server.
     pub fn on_fetched(&self, envoy: &ConfigHandle, id: u64, answer: CalloutAnswer) {
-        let index = self.shared.pending.lock().ok().and_then(|mut pending| pending.remove(&id));
-        let (Some(index), Some(worker)) = (index, workers::worker(&self.shared)) else { return };
+        let pending = self.shared.pending.lock().ok().and_then(|mut pending| pending.remove(&id));
+        let (Some((index, started_ns)), Some(worker)) = (pending, workers::worker(&self.shared)) else { return };
         let Some(feed) = worker.feeds().get(index) else { return };
         // No :status means the call failed (timeout, reset, no cluster).
         let status = if answer.ok { answer.header(":status").unwrap_or("none") } else { "none" }.to_owned();
+        // RFC 7240: a server that held the call says so.
+        let applied = answer.header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"));
+        let rearm = feed.endpoint.rearm(&status, applied, started_ns, super::now_ns());
         let etag = answer.header("etag").map(str::to_owned);
         let body = answer.ok.then_some(answer.body);
-        let assessed = fetched::assess(worker.policy(), feed, &status, body, etag);
-        if let Some(keys) = assessed.keys {
-            self.shared.metrics.key_set_size(envoy, keys);
+        let outcome = worker.assess(feed, Answer { status: &status, body, etag }, &*STORE);
+        self.settle(envoy, &worker, index, outcome, rearm);
+        worker.sync(&*STORE);
+        self.gauges(envoy, &worker);
+        if rearm.is_some() {
+            self.fetch_due(envoy, &worker);
         }
-        self.settle(envoy, &worker, index, assessed.outcome);
     }
 
-    fn settle(&self, envoy: &ConfigHandle, worker: &Worker, index: usize, outcome: Outcome) {
+    fn settle(
+        &self,
+        envoy: &ConfigHandle,
+        worker: &Worker,
+        index: usize,
+        outcome: Outcome,
+        next_fetch_ns: Option<u64>,
+    ) {
         let Some(feed) = worker.feeds().get(index) else { return };
-        self.shared.metrics.refreshed(envoy, feed.kind, !matches!(outcome, Outcome::Failed));
-        feed.shared(&*STORE).finish(self.shared.holder, super::now_ns(), feed.endpoint.refresh, outcome);
+        self.shared.metrics.refreshed(envoy, feed.kind, !matches!(outcome, Outcome::Failed | Outcome::Resync));
+        let shared = feed.shared(&*STORE);
+        shared.finish(self.shared.holder, super::now_ns(), feed.endpoint.refresh, outcome, next_fetch_ns);
     }
 }
 

@@ -7,19 +7,17 @@ use super::metrics::Metrics;
 use super::shared::HostStore;
 use super::signatures::EnvoySignatures;
 use crate::config::ProcessEnv;
-use crate::fetched::{self, Kind};
+use crate::fetched::Kind;
 use crate::jwt::{host_wire, Provider};
 use crate::policy::Policy;
 use crate::remote::{Outcome, MAX_BODY};
-use crate::worker::Worker;
+use crate::worker::{Answer, Worker};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::Duration;
 
-/// How long a fetch may take before it counts as failed.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often a worker looks at its sources: a few times per interval,
 /// between 10 ms and 1 s.
 const TICKS_PER_INTERVAL: u32 = 4;
@@ -32,8 +30,8 @@ pub struct Root {
     metrics: Option<Rc<Metrics>>,
     /// Names this VM as a lease holder.
     holder: u64,
-    /// Fetches in flight: call token → feed index.
-    pending: HashMap<u32, usize>,
+    /// Fetches in flight: call token → (feed index, when it started).
+    pending: HashMap<u32, (usize, u64)>,
     signatures: Rc<EnvoySignatures>,
 }
 
@@ -46,29 +44,57 @@ impl Root {
         if !etag.is_empty() {
             headers.push(("if-none-match", etag));
         }
-        match self.dispatch_http_call(&endpoint.cluster, headers, None, vec![], FETCH_TIMEOUT) {
+        let prefer = endpoint.wait.map(|w| format!("wait={}", w.as_secs()));
+        if let Some(prefer) = &prefer {
+            headers.push(("prefer", prefer));
+        }
+        match self.dispatch_http_call(&endpoint.cluster, headers, None, vec![], endpoint.call_timeout()) {
             Ok(token) => {
-                self.pending.insert(token, index);
+                self.pending.insert(token, (index, super::now_ns()));
             }
             Err(status) => {
                 log::warn!("edge-auth: source {}: cannot call cluster {}: {status:?}", feed.id, endpoint.cluster);
-                self.settle(worker, index, Outcome::Failed);
+                self.settle(worker, index, Outcome::Failed, None);
             }
         }
     }
 
-    fn settle(&self, worker: &Worker, index: usize, outcome: Outcome) {
+    fn settle(&self, worker: &Worker, index: usize, outcome: Outcome, next_fetch_ns: Option<u64>) {
         let Some(feed) = worker.feeds().get(index) else { return };
         if let Some(metrics) = &self.metrics {
-            metrics.refreshed(feed.kind, !matches!(outcome, Outcome::Failed));
+            metrics.refreshed(feed.kind, !matches!(outcome, Outcome::Failed | Outcome::Resync));
         }
-        feed.shared(&HostStore).finish(self.holder, super::now_ns(), feed.endpoint.refresh, outcome);
+        let shared = feed.shared(&HostStore);
+        shared.finish(self.holder, super::now_ns(), feed.endpoint.refresh, outcome, next_fetch_ns);
+    }
+
+    /// Fetches every source that is due and not leased to another worker.
+    fn fetch_due(&mut self, worker: &Worker) {
+        let now_ns = super::now_ns();
+        for (index, feed) in worker.feeds().iter().enumerate() {
+            let endpoint = &feed.endpoint;
+            if let Some(etag) =
+                feed.shared(&HostStore).try_lease(self.holder, now_ns, endpoint.refresh, endpoint.lease())
+            {
+                self.fetch(worker, index, &etag);
+            }
+        }
+    }
+
+    fn gauges(&self, worker: &Worker) {
+        let Some(metrics) = &self.metrics else { return };
+        if let Some(feed) = worker.feeds().iter().find(|f| f.kind == Kind::Keys) {
+            metrics.key_set_generation(feed.shared(&HostStore).meta().generation);
+        }
+        if let Some(keys) = worker.fetched_keys() {
+            metrics.key_set_size(keys);
+        }
     }
 }
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some(index) = self.pending.remove(&token_id) else { return };
+        let Some((index, started_ns)) = self.pending.remove(&token_id) else { return };
         let Some(worker) = self.worker.clone() else { return };
         let Some(feed) = worker.feeds().get(index) else { return };
         let headers = self.get_http_call_response_headers_bytes();
@@ -77,11 +103,18 @@ impl Context for Root {
         // No :status means the call failed (timeout, reset, no cluster).
         let status = header(":status").unwrap_or_else(|| "none".to_owned());
         let body = if body_size > MAX_BODY { None } else { self.get_http_call_response_body(0, body_size) };
-        let assessed = fetched::assess(worker.policy(), feed, &status, body, header("etag"));
-        if let (Some(metrics), Some(keys)) = (&self.metrics, assessed.keys) {
-            metrics.key_set_size(keys);
+        // RFC 7240: a server that held the call says so.
+        let applied = header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"));
+        let rearm = feed.endpoint.rearm(&status, applied, started_ns, super::now_ns());
+        let answer = Answer { status: &status, body, etag: header("etag") };
+        let outcome = worker.assess(feed, answer, &HostStore);
+        self.settle(&worker, index, outcome, rearm);
+        worker.sync(&HostStore);
+        self.gauges(&worker);
+        // A long poll goes straight back to the server.
+        if rearm.is_some() {
+            self.fetch_due(&worker);
         }
-        self.settle(&worker, index, assessed.outcome);
     }
 }
 
@@ -141,18 +174,10 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         let Some(worker) = self.worker.clone() else { return };
-        let now_ns = super::now_ns();
-        for (index, feed) in worker.feeds().iter().enumerate() {
-            if let Some(etag) = feed.shared(&HostStore).try_lease(self.holder, now_ns, feed.endpoint.refresh) {
-                self.fetch(&worker, index, &etag);
-            }
-        }
+        self.fetch_due(&worker);
         // Idle workers stay current too, not only those serving requests.
         worker.sync(&HostStore);
-        let keys = worker.feeds().iter().find(|f| f.kind == Kind::Keys);
-        if let (Some(metrics), Some(feed)) = (&self.metrics, keys) {
-            metrics.key_set_generation(feed.shared(&HostStore).meta().generation);
-        }
+        self.gauges(&worker);
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {

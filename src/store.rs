@@ -69,6 +69,8 @@ pub fn update(
 
 /// An in-process [`SharedStore`] with proxy-wasm-cpp-host's semantics: any
 /// write to a missing key creates it; an existing key needs a matching CAS.
+/// The lock is held across the check and the write, so a compare-and-swap
+/// is atomic across threads (the native build's store is shards of these).
 #[derive(Default)]
 pub struct MemoryStore {
     data: std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, u32)>>,
@@ -92,7 +94,8 @@ impl SharedStore for MemoryStore {
 
     fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
         let mut data = self.data.lock().map_err(|_| Conflict)?;
-        let next = self.next_cas.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_add(1);
+        // Never 0: a CAS of 0 reads as "no CAS" to proxy-wasm callers.
+        let next = self.next_cas.fetch_add(1, std::sync::atomic::Ordering::Relaxed).wrapping_add(1).max(1);
         match (data.get_mut(key), cas) {
             (Some(_), Cas::Absent) => Err(Conflict),
             (Some(slot), Cas::Match(expected)) if slot.1 != expected => Err(Conflict),

@@ -136,15 +136,8 @@ impl Config {
     fn fetch(&self, envoy: &ConfigHandle, worker: &Worker, index: usize, etag: &str) {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
-        let mut headers =
-            vec![(":method", "GET"), (":path", endpoint.path.as_str()), (":authority", endpoint.cluster.as_str())];
-        if !etag.is_empty() {
-            headers.push(("if-none-match", etag));
-        }
-        let prefer = endpoint.wait.map(|w| format!("wait={}", w.as_secs()));
-        if let Some(prefer) = &prefer {
-            headers.push(("prefer", prefer));
-        }
+        let owned = endpoint.request_headers(etag);
+        let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let timeout_ms = u64::try_from(endpoint.call_timeout().as_millis()).unwrap_or(u64::MAX).max(1);
         let callout = Callout { cluster: &endpoint.cluster, headers: &headers, body: &[], timeout_ms };
         match envoy.callout(&callout) {

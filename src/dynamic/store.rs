@@ -5,20 +5,17 @@
 //! lock; a compare-and-swap holds its shard's lock for the whole check and
 //! write, which makes it atomic across threads.
 
-use crate::store::{Cas, Conflict, SharedStore};
+use crate::store::{Cas, Conflict, MemoryStore, SharedStore};
 use std::collections::hash_map::DefaultHasher;
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{LazyLock, Mutex};
+use std::sync::LazyLock;
 
 const SHARDS: usize = 64;
 
-type Shard = Mutex<HashMap<String, (Vec<u8>, u32)>>;
-
+/// Shards of the host-neutral in-memory store: each holds its own lock, so
+/// a compare-and-swap is atomic across threads.
 pub struct ProcessStore {
-    shards: Vec<Shard>,
-    next_cas: AtomicU32,
+    shards: Vec<MemoryStore>,
 }
 
 /// The one store of this Envoy process.
@@ -26,10 +23,10 @@ pub static STORE: LazyLock<ProcessStore> = LazyLock::new(ProcessStore::new);
 
 impl ProcessStore {
     fn new() -> Self {
-        Self { shards: (0..SHARDS).map(|_| Mutex::default()).collect(), next_cas: AtomicU32::new(0) }
+        Self { shards: (0..SHARDS).map(|_| MemoryStore::default()).collect() }
     }
 
-    fn shard(&self, key: &str) -> Option<&Shard> {
+    fn shard(&self, key: &str) -> Option<&MemoryStore> {
         let mut hasher = DefaultHasher::new();
         key.hash(&mut hasher);
         let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
@@ -39,28 +36,12 @@ impl ProcessStore {
 
 impl SharedStore for ProcessStore {
     fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
-        self.shard(key)?.lock().ok()?.get(key).cloned()
+        self.shard(key)?.get(key)
     }
 
-    /// Any write to a missing key creates it (as proxy-wasm's host does);
-    /// an existing key needs its CAS number, or `Cas::Any`. A poisoned
-    /// shard refuses writes, so callers fail closed.
+    /// A poisoned shard refuses writes, so callers fail closed.
     fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
-        let mut data = self.shard(key).ok_or(Conflict)?.lock().map_err(|_| Conflict)?;
-        // Never 0: a CAS of 0 would read as "no CAS" to callers.
-        let next = self.next_cas.fetch_add(1, Ordering::Relaxed).wrapping_add(1).max(1);
-        match (data.get_mut(key), cas) {
-            (Some(_), Cas::Absent) => Err(Conflict),
-            (Some(slot), Cas::Match(expected)) if slot.1 != expected => Err(Conflict),
-            (Some(slot), Cas::Any | Cas::Match(_)) => {
-                *slot = (value.to_vec(), next);
-                Ok(())
-            }
-            (None, _) => {
-                data.insert(key.to_owned(), (value.to_vec(), next));
-                Ok(())
-            }
-        }
+        self.shard(key).ok_or(Conflict)?.set(key, value, cas)
     }
 }
 

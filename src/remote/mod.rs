@@ -62,6 +62,20 @@ impl Endpoint {
         Ok(Self { cluster: doc.cluster.clone(), path: doc.path.clone(), refresh, wait })
     }
 
+    /// The request headers of a fetch: `If-None-Match` with the `etag`
+    /// held (if any), and `Prefer: wait` for a long poll.
+    pub fn request_headers(&self, etag: &str) -> Vec<(&'static str, String)> {
+        let mut headers =
+            vec![(":method", "GET".to_owned()), (":path", self.path.clone()), (":authority", self.cluster.clone())];
+        if !etag.is_empty() {
+            headers.push(("if-none-match", etag.to_owned()));
+        }
+        if let Some(wait) = self.wait {
+            headers.push(("prefer", format!("wait={}", wait.as_secs())));
+        }
+        headers
+    }
+
     /// The call's timeout: the wait the server may hold it, plus time to answer.
     pub fn call_timeout(&self) -> Duration {
         self.wait.unwrap_or_default().saturating_add(ANSWER_TIMEOUT)
@@ -104,6 +118,15 @@ mod tests {
     fn endpoint(wait_s: Option<f64>) -> Result<Endpoint, ConfigError> {
         let doc = SourceDoc { cluster: "k".into(), path: "/keys".into(), refresh_s: Some(30.0), wait_s };
         Endpoint::compile(&doc, "api_keys.source", 1.0)
+    }
+
+    #[test]
+    fn fetches_say_what_they_hold_and_how_long_to_wait() {
+        let long = endpoint(None).unwrap().request_headers("\"v7\"");
+        assert!(long.contains(&("if-none-match", "\"v7\"".to_owned())));
+        assert!(long.contains(&("prefer", "wait=20".to_owned())));
+        let first = endpoint(Some(0.0)).unwrap().request_headers("");
+        assert_eq!(first.iter().map(|(n, _)| *n).collect::<Vec<_>>(), [":method", ":path", ":authority"]);
     }
 
     #[test]

@@ -39,15 +39,8 @@ impl Root {
     fn fetch(&mut self, worker: &Worker, index: usize, etag: &str) {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
-        let mut headers =
-            vec![(":method", "GET"), (":path", endpoint.path.as_str()), (":authority", endpoint.cluster.as_str())];
-        if !etag.is_empty() {
-            headers.push(("if-none-match", etag));
-        }
-        let prefer = endpoint.wait.map(|w| format!("wait={}", w.as_secs()));
-        if let Some(prefer) = &prefer {
-            headers.push(("prefer", prefer));
-        }
+        let owned = endpoint.request_headers(etag);
+        let headers = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         match self.dispatch_http_call(&endpoint.cluster, headers, None, vec![], endpoint.call_timeout()) {
             Ok(token) => {
                 self.pending.insert(token, (index, super::now_ns()));

@@ -124,8 +124,10 @@ def main():
             extra.append(rls)
             nginx, upstream_port = start_nginx(workdir)
             procs.append(nginx)
-            envoys = {name: start_envoy(name, workdir, upstream_port, rls.port) for name in CONFIGS}
-            procs += [proc for proc, _, _ in envoys.values()]
+            envoys = {}
+            for name in CONFIGS:  # each stopped at the end, even if a later one fails to start
+                envoys[name] = start_envoy(name, workdir, upstream_port, rls.port)
+                procs.append(envoys[name][0])
             for _, port, _ in envoys.values():
                 wrk(port, 1)
             runs = {name: [] for name in CONFIGS}

@@ -39,6 +39,14 @@ class Process:
         self.log = open(self.dir / "log", "wb")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, cwd=self.dir, **kwargs)
 
+    def ready(self, port):
+        """Waits for the process to listen; stops it if it never does."""
+        try:
+            wait_for_port(port, self.proc)
+        except BaseException:
+            self.stop()
+            raise
+
     def stop(self):
         if self.proc.poll() is None:
             self.proc.terminate()
@@ -73,7 +81,7 @@ class RedisServer(Process):
             _require("redis-server"), "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
             "--appendonly", "no", *extra,
         ])
-        wait_for_port(self.port, self.proc)
+        self.ready(self.port)
 
     @property
     def url(self):
@@ -84,8 +92,17 @@ class RedisCluster:
     """Three masters, slots spread by redis-cli, no replicas."""
 
     def __init__(self):
-        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                                  port=cluster_port()) for _ in range(3)]
+        self.nodes = []
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # no node outlives a cluster that failed to form
+            raise
+
+    def _start(self):
+        for _ in range(3):
+            self.nodes.append(RedisServer("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                                          port=cluster_port()))
         addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
         subprocess.run([_require("redis-cli"), "--cluster", "create", *addresses, "--cluster-replicas", "0",
                         "--cluster-yes"], check=True, capture_output=True, timeout=30)
@@ -113,7 +130,7 @@ class Rls(Process):
     def __init__(self, redis_url):
         self.port = free_port()
         super().__init__([str(CLI), "rls", "--listen", f"127.0.0.1:{self.port}", "--redis", redis_url])
-        wait_for_port(self.port, self.proc)
+        self.ready(self.port)
 
 
 class Silent:

@@ -42,6 +42,7 @@ class KeysServe:
                     return self
             except OSError:
                 time.sleep(0.02)
+        self.stop()  # never left running by a failed start
         raise AssertionError("keys serve did not start:\n" + self.log())
 
     def stop(self):

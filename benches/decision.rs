@@ -12,29 +12,12 @@ use edge_auth::jwt::{NoSignatureHost, TokenCache};
 use edge_auth::policy::Policy;
 use edge_auth::rate_limit::Placement;
 use edge_auth::store::MemoryStore;
-use edge_auth::testing::EveryVar;
+use edge_auth::testing::{measure, EveryVar};
 use std::cell::RefCell;
 use std::hint::black_box;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 const PEPPER: EveryVar = EveryVar("bench-pepper");
-
-const ROUNDS: usize = 15;
-
-/// Median nanoseconds per call of `f` over `ROUNDS` rounds of `iters` calls.
-fn measure(name: &str, iters: u32, mut f: impl FnMut()) {
-    let mut samples: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            start.elapsed().as_nanos() as f64 / f64::from(iters)
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    println!("{name:<48} {:>10.0} ns", samples[ROUNDS / 2]);
-}
 
 fn policy_json(keys: usize) -> String {
     policy_with(keys, "")

@@ -13,13 +13,11 @@ use edge_auth::jwt::{NoSignatureHost, TokenCache};
 use edge_auth::policy::Policy;
 use edge_auth::rate_limit::Placement;
 use edge_auth::store::MemoryStore;
-use edge_auth::testing::OnlyVars;
+use edge_auth::testing::{measure, OnlyVars};
 use edge_auth::webhook::{self, parse_signature};
 use std::cell::RefCell;
 use std::hint::black_box;
-use std::time::Instant;
 
-const ROUNDS: usize = 15;
 const SECRET: &str = "bench-webhook-secret-0123456789";
 const ENV: OnlyVars = OnlyVars(&[
     ("EDGE_AUTH_PEPPER", "bench-pepper"),
@@ -27,23 +25,6 @@ const ENV: OnlyVars = OnlyVars(&[
     ("HOOK", SECRET),
 ]);
 const NOW_S: u64 = 1_800_000_000;
-
-/// Median nanoseconds per call of `f` over `ROUNDS` rounds of `iters` calls.
-fn measure(name: &str, iters: u32, mut f: impl FnMut()) -> f64 {
-    let mut samples: Vec<f64> = (0..ROUNDS)
-        .map(|_| {
-            let start = Instant::now();
-            for _ in 0..iters {
-                f();
-            }
-            start.elapsed().as_nanos() as f64 / f64::from(iters)
-        })
-        .collect();
-    samples.sort_by(f64::total_cmp);
-    let median = samples[ROUNDS / 2];
-    println!("{name:<52} {median:>10.0} ns");
-    median
-}
 
 fn main() {
     let hash = KeyHasher::new(b"bench-pepper").unwrap().hash("opaque-bench-key").to_hex();

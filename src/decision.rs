@@ -136,7 +136,8 @@ pub struct BodyCheck {
 }
 
 impl<'p> Decision<'p> {
-    fn new(route: Option<usize>, verdict: Verdict<'p>) -> Self {
+    /// A decision on `route` with only its verdict known.
+    pub fn new(route: Option<usize>, verdict: Verdict<'p>) -> Self {
         Self { route, verdict, key_id: None, detail: None, rate: None, global: None, issue: None, body: None }
     }
 

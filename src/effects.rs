@@ -190,29 +190,11 @@ mod tests {
     };
 
     fn allowed(identity: Option<Identity<'static>>) -> Decision<'static> {
-        Decision {
-            route: None,
-            verdict: Verdict::Allow(identity),
-            key_id: None,
-            detail: None,
-            rate: None,
-            global: None,
-            issue: None,
-            body: None,
-        }
+        Decision::new(None, Verdict::Allow(identity))
     }
 
     fn denied(code: Code) -> Decision<'static> {
-        Decision {
-            route: None,
-            verdict: Verdict::Deny(code.into()),
-            key_id: None,
-            detail: None,
-            rate: None,
-            global: None,
-            issue: None,
-            body: None,
-        }
+        Decision::new(None, Verdict::Deny(code.into()))
     }
 
     #[test]

@@ -48,3 +48,24 @@ impl SharedStore for CountingStore {
         self.inner.set(key, value, cas)
     }
 }
+
+/// Benchmark rounds: the median of this many is reported.
+const ROUNDS: usize = 15;
+
+/// Median nanoseconds per call of `f` over 15 rounds of `iters` calls,
+/// printed under `name` (for the benches).
+pub fn measure(name: &str, iters: u32, mut f: impl FnMut()) -> f64 {
+    let mut samples: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            let start = std::time::Instant::now();
+            for _ in 0..iters {
+                f();
+            }
+            start.elapsed().as_nanos() as f64 / f64::from(iters)
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    let median = samples.get(ROUNDS / 2).copied().unwrap_or(f64::NAN);
+    println!("{name:<52} {median:>10.0} ns");
+    median
+}

@@ -381,16 +381,7 @@ fn webhook_identity(name: &str) -> Identity<'_> {
 
 /// A decision on `route` with nothing decided yet (the verdict is a refusal).
 fn undecided<'p>(route: Option<usize>) -> Decision<'p> {
-    Decision {
-        route,
-        verdict: Verdict::Deny(Code::InvalidSignature.into()),
-        key_id: None,
-        detail: None,
-        rate: None,
-        global: None,
-        issue: None,
-        body: None,
-    }
+    Decision::new(route, Verdict::Deny(Code::InvalidSignature.into()))
 }
 
 /// A global bucket's state as the engine reported it, with `remaining` tokens.

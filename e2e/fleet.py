@@ -8,7 +8,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import CLI, free_port
+from harness import CLI, free_port, stop_process
 
 
 def wait_for_port(port, proc=None, timeout=15):
@@ -48,13 +48,7 @@ class Process:
             raise
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 

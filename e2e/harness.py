@@ -43,6 +43,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def stop_process(proc):
+    """Asks a process to stop (SIGTERM), then kills it if it has not within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 def key_hash(key, pepper=TEST_PEPPER):
     out = subprocess.run(
         [str(CLI), "key", "hash", "-"],
@@ -208,13 +220,7 @@ class Envoy:
         return {**stats, **native}
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

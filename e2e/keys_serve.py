@@ -3,14 +3,13 @@ in a temporary directory, rewritten atomically, served on a free port."""
 
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
-from harness import CLI, free_port
+from harness import CLI, free_port, stop_process
 
 PATH = "/v1/edge/keys"
 
@@ -46,14 +45,7 @@ class KeysServe:
         raise AssertionError("keys serve did not start:\n" + self.log())
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode if self.proc else None
+        return stop_process(self.proc) if self.proc else None
 
     def log(self):
         return self.log_path.read_text() if self.log_path.exists() else ""

@@ -55,7 +55,7 @@ lint: toolchain
 unit: redis-tools
 	cargo test
 
-e2e: wasm cli venv redis-tools
+e2e: wasm dynamic cli venv redis-tools
 	cd e2e && ../$(PYTHON) -m pytest -q
 
 # The same suite against the native build (test_shipped checks the shipped

@@ -279,6 +279,15 @@ def test_c_signed_webhooks_reach_upstream_byte_for_byte(kaie):
     r = send(kaie, "POST", "/webhooks/kaie", [("x-kaie-signature", signature)], chunks=[body[:5], body[5:]])
     assert r.status == 200 and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r
 
+    # Pieces arriving apart: the body is what was buffered plus what came last.
+    def slowly():
+        for piece in (body[:3], body[3:20], body[20:]):
+            yield piece
+            time.sleep(0.1)
+
+    r = send(kaie, "POST", "/webhooks/kaie", [("x-kaie-signature", signature)], chunks=slowly())
+    assert r.status == 200 and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r
+
 
 def test_c_forged_missing_and_oversized_webhooks_are_refused(kaie, echo):
     body = b'{"event":"task.done"}'

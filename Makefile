@@ -55,7 +55,7 @@ lint: toolchain
 unit: redis-tools
 	cargo test
 
-e2e: wasm cli venv redis-tools
+e2e: wasm dynamic cli venv redis-tools
 	cd e2e && ../$(PYTHON) -m pytest -q
 
 # The same suite against the native build (test_shipped checks the shipped
@@ -88,9 +88,10 @@ bench-tools:
 bench-fleet: wasm cli venv bench-tools redis-tools
 	$(PYTHON) bench/fleet.py
 
-bench-envoy: wasm cli venv
+bench-envoy: wasm dynamic cli venv bench-tools
 	$(PYTHON) bench/jwt_in_envoy.py
 	$(PYTHON) bench/revocation.py
+	$(PYTHON) bench/webhook.py
 
 # Each fuzz target for FUZZ_SECONDS (nightly toolchain, cargo-fuzz). What the
 # fuzzers find worth keeping lands in fuzz/corpus/, which `make unit` replays.

@@ -105,13 +105,18 @@ def module_filter(base):
     return wasm_module(base, MODULE, bench_policy())
 
 
-def dynamic_filter(base):
-    """edge-auth's native build, Envoy's dynamic module, with the same policy."""
+def dynamic_module(configuration):
+    """edge-auth's native build, Envoy's dynamic module, with the policy `configuration`."""
     return [{"name": "edge_auth", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
         "dynamic_module_config": {"name": "edge_auth"},
         "filter_name": "edge_auth",
-        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": bench_policy()}}}]
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": configuration}}}]
+
+
+def dynamic_filter(base):
+    """The native build with the same policy as the wasm module."""
+    return dynamic_module(bench_policy())
 
 
 def native_key_filters(base):
@@ -227,7 +232,8 @@ http {{
     return proc, port
 
 
-def start_envoy(name, workdir, upstream_port):
+def start_envoy(name, workdir, upstream_port, filters=None):
+    """An Envoy running `filters(base)` (default: CONFIGS[name]) before the router."""
     base = yaml.safe_load(ENVOY_YAML.read_text())
     port, admin = free_port(), free_port()
     base["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1",
@@ -238,7 +244,7 @@ def start_envoy(name, workdir, upstream_port):
         endpoint["address"]["socket_address"]["port_value"] = upstream_port
     hcm = hcm_of(base)
     router = hcm["http_filters"][-1]
-    hcm["http_filters"] = CONFIGS[name](base) + [router]
+    hcm["http_filters"] = (filters or CONFIGS[name])(base) + [router]
     path = workdir / f"envoy-{name.replace(' ', '-')}.json"
     path.write_text(json.dumps(base))
     env = {**os.environ, "EDGE_AUTH_PEPPER": PEPPER, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(MODULE_DIR)}
@@ -264,9 +270,11 @@ def wait_http(url, proc, what):
 # --- scenarios ------------------------------------------------------------------------------
 
 class Scenario:
-    def __init__(self, name, configs, expect, headers=None, tokens=None):
+    """`tokens`: a file of JWTs sent in turn; `body`: a file POSTed as the body."""
+
+    def __init__(self, name, configs, expect, headers=None, tokens=None, body=None, path="/bench"):
         self.name, self.configs, self.expect = name, configs, expect
-        self.headers, self.tokens = headers or {}, tokens
+        self.headers, self.tokens, self.body, self.path = headers or {}, tokens, body, path
 
 
 def scenarios(workdir):
@@ -298,9 +306,11 @@ def run_wrk(envoy, scenario, seconds):
     argv = ["wrk", "-t1", f"-c{CONNECTIONS}", f"-d{seconds}s", "--timeout", "5s", "-s", str(LUA)]
     for name, value in scenario.headers.items():
         argv += ["-H", f"{name}: {value}"]
-    argv.append(f"http://127.0.0.1:{port}/bench")
+    argv.append(f"http://127.0.0.1:{port}{scenario.path}")
     if scenario.tokens:
         argv.append(str(scenario.tokens))
+    elif scenario.body:
+        argv.append(f"post:{scenario.body}")
     if CLIENT_CPU:
         argv = ["taskset", "-c", CLIENT_CPU] + argv
     cpu = proc.cpu_s()

@@ -1,10 +1,18 @@
 -- wrk script for bench/compare.py. With an argument (a file of JWTs, one per
--- line) each request carries the next token in turn; without, wrk sends its
--- static request (the -H headers). Either way it ends with one JSON line.
+-- line) each request carries the next token in turn; with `post:<file>`, each
+-- is a POST of that file; without, wrk sends its static request (the -H
+-- headers). Either way it ends with one JSON line.
 
 init = function(args)
   local path = args[1]
   if not path then
+    return
+  end
+  if path:sub(1, 5) == "post:" then
+    local file = assert(io.open(path:sub(6), "rb"))
+    wrk.method = "POST"
+    wrk.body = file:read("*a")
+    file:close()
     return
   end
   local tokens = {}

@@ -8,13 +8,13 @@ import subprocess
 import pytest
 import yaml
 
-from harness import CLI, ENVOY_BIN, ROOT, WASM, shipped_policy_text
+from harness import CLI, ENVOY_BIN, MODULE_DIR, ROOT, WASM, shipped_policy_text, use_dynamic_module
 
 DEMO_PEPPER = "demo-pepper-not-for-production"
 DEMO_JWT_SECRET = "demo-jwt-secret-not-for-production-0001"
 # What envoy/run_local.py and docker-compose give the demo policy's *_env variables.
 DEMO_ENV = {"EDGE_AUTH_PEPPER": DEMO_PEPPER, "EDGE_AUTH_DEMO_JWT_SECRET": DEMO_JWT_SECRET}
-ENVOY_CONFIGS = ["envoy/envoy.yaml"]
+ENVOY_CONFIGS = ["envoy/envoy.yaml", "envoy/envoy-dynamic.yaml"]
 
 
 def policy_check(path):
@@ -25,9 +25,11 @@ def policy_check(path):
 @pytest.mark.parametrize("config", ENVOY_CONFIGS)
 def test_real_envoy_validates_every_shipped_config(config):
     # Validate mode loads the module and configures it, so a bad policy fails here too.
+    # The native config loads libedge_auth.so (`make dynamic`) from the search path.
+    env = {**os.environ, **DEMO_ENV, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(MODULE_DIR)}
     out = subprocess.run(
         [str(ENVOY_BIN), "--mode", "validate", "-c", config, "-l", "error"],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, **DEMO_ENV}, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, env=env, timeout=120,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "OK" in out.stdout + out.stderr
@@ -51,6 +53,18 @@ def test_every_shipped_policy_passes_policy_check(tmp_path):
 
 def test_envoy_yaml_embeds_the_demo_policy():
     assert json.loads(shipped_policy_text()) == json.loads((ROOT / "envoy/policy.json").read_text())
+
+
+def test_the_native_config_is_envoy_yaml_with_the_dynamic_module():
+    """envoy/envoy-dynamic.yaml is envoy/envoy.yaml with the wasm filter
+    swapped as the tests swap it (same policy, clusters, listener settings),
+    without what only the wasm build publishes (route stats tags, access-log fields)."""
+    native = yaml.safe_load((ROOT / "envoy/envoy-dynamic.yaml").read_text())
+    expected = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
+    use_dynamic_module(expected)
+    del expected["stats_config"]
+    del expected["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+    assert native == expected
 
 
 def test_the_istio_plugin_fails_closed_and_takes_the_pepper_from_the_host():

@@ -7,11 +7,13 @@ variables (`vm_config.environment_variables`), never the policy.
 
 import base64
 import hashlib
+import hmac
 import http.client
 import json
 import os
 import subprocess
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -35,20 +37,27 @@ def example(name):
 
 
 class _Echo(BaseHTTPRequestHandler):
-    """Answers with the headers it got and the SHA-256 of the body it got."""
+    """Answers with the headers it got and the SHA-256 of the body it got;
+    records every request's headers as they arrive, before its body."""
 
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True
 
     def _answer(self):
+        with self.server.lock:
+            self.server.arrivals.append({k.lower(): v for k, v in self.headers.items()})
         if self.headers.get("transfer-encoding", "").lower() == "chunked":
             body = b""
-            while (size := int(self.rfile.readline().strip() or b"0", 16)) > 0:
+            while (line := self.rfile.readline()) and (size := int(line.strip() or b"0", 16)) > 0:
                 body += self.rfile.read(size)
                 self.rfile.readline()
-            self.rfile.readline()
+            if not line or not self.rfile.readline():
+                return  # reset before the body's end: never a complete request
         else:
-            body = self.rfile.read(int(self.headers.get("content-length") or 0))
+            length = int(self.headers.get("content-length") or 0)
+            body = self.rfile.read(length)
+            if len(body) < length:
+                return
         seen = {"headers": {k.lower(): v for k, v in self.headers.items()},
                 "body_sha256": hashlib.sha256(body).hexdigest(), "body_len": len(body)}
         with self.server.lock:
@@ -70,6 +79,7 @@ class _Echo(BaseHTTPRequestHandler):
 def echo():
     server = LoopbackServer(0, _Echo)
     server.bodies = []  # SHA-256 of every complete body that reached upstream
+    server.arrivals = []  # the headers of every request that reached upstream
     server.start()
     yield server
     server.shutdown()
@@ -215,8 +225,6 @@ UNAUTHORIZED = {"error": {"code": "unauthorized", "message": "Invalid or expired
 
 @pytest.fixture(scope="module")
 def kaie(start):
-    if BUILD == "dynamic":
-        pytest.skip("the native build refuses policies with webhooks (docs/native.md)")
     return start(example(KAIE), EDGE_AUTH_WEBHOOK_KAIE=WEBHOOK_SECRET)
 
 
@@ -271,6 +279,15 @@ def test_c_signed_webhooks_reach_upstream_byte_for_byte(kaie):
     r = send(kaie, "POST", "/webhooks/kaie", [("x-kaie-signature", signature)], chunks=[body[:5], body[5:]])
     assert r.status == 200 and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r
 
+    # Pieces arriving apart: the body is what was buffered plus what came last.
+    def slowly():
+        for piece in (body[:3], body[3:20], body[20:]):
+            yield piece
+            time.sleep(0.1)
+
+    r = send(kaie, "POST", "/webhooks/kaie", [("x-kaie-signature", signature)], chunks=slowly())
+    assert r.status == 200 and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r
+
 
 def test_c_forged_missing_and_oversized_webhooks_are_refused(kaie, echo):
     body = b'{"event":"task.done"}'
@@ -294,6 +311,152 @@ def test_c_forged_missing_and_oversized_webhooks_are_refused(kaie, echo):
         name = f"wasmcustom.edge_auth.denied.{code}"
         return after.get(name, 0) - before.get(name, 0)
     assert (delta("invalid_signature"), delta("missing_signature")) == (3, 2), after
+
+
+def arrived(echo, probe):
+    """Whether a request carrying `x-probe: <probe>` reached upstream (its headers, at least)."""
+    with echo.lock:
+        return any(h.get("x-probe") == probe for h in echo.arrivals)
+
+
+def send_late_body(envoy, echo, headers, body, wait_for_headers):
+    """Sends the headers, waits for them to reach upstream (or 0.5 s when
+    they should not), then the body as one chunk. Returns the answer and
+    whether upstream saw the headers before the body left."""
+    probe = uuid.uuid4().hex
+    early = []
+
+    def chunks():
+        deadline = time.monotonic() + (3 if wait_for_headers else 0.5)
+        while time.monotonic() < deadline and not arrived(echo, probe):
+            time.sleep(0.02)
+        early.append(arrived(echo, probe))
+        yield body
+
+    r = send(envoy, "POST", "/webhooks/kaie", [*headers, ("x-probe", probe)], chunks=chunks())
+    return r, early[0], probe
+
+
+@pytest.mark.skipif(BUILD != "dynamic", reason="the wasm build passes a webhook's headers on ahead of its body")
+def test_c_the_native_build_holds_a_webhooks_headers_until_its_body_is_verified(kaie, echo):
+    body = b'{"event":"task.done","late":true}'
+    signature = kaie_signature(body)
+    # Forged, missing, oversized (announced or not), by content-length or chunked: nothing reaches upstream.
+    forged = [
+        ([("x-kaie-signature", signature)], b'{"event":"task.failed"}', None),
+        ([], body, None),
+        ([("x-kaie-signature", signature)], None, [b'{"event":', b'"task.failed"}']),
+        ([("x-kaie-signature", kaie_signature(b"x" * 70000))], b"x" * 70000, None),
+        ([("x-kaie-signature", kaie_signature(b"y" * 70000))], None, [b"y" * 35000, b"y" * 35000]),
+    ]
+    probes = []
+    for headers, payload, chunks in forged:
+        probe = uuid.uuid4().hex
+        probes.append(probe)
+        r = send(kaie, "POST", "/webhooks/kaie", [*headers, ("x-probe", probe)], payload, chunks=chunks)
+        assert r.status == 401 and r.json() == UNAUTHORIZED, r
+    r, early, probe = send_late_body(kaie, echo, [("x-kaie-signature", signature)], b'{"event":"task.failed"}',
+                                     wait_for_headers=False)
+    assert r.status == 401 and not early, r
+    probes.append(probe)
+    time.sleep(0.3)
+    assert not any(arrived(echo, p) for p in probes), "a refused webhook's headers reached upstream"
+    # A good one is held until its body is in, then goes on whole.
+    r, early, probe = send_late_body(kaie, echo, [("x-kaie-signature", signature)], body, wait_for_headers=False)
+    assert r.status == 200 and not early and arrived(echo, probe), r
+    assert r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), r
+
+
+@pytest.mark.skipif(BUILD == "dynamic", reason="the native build holds a webhook's headers")
+def test_c_the_wasm_build_passes_the_headers_on_and_resets_a_forged_body(kaie, echo):
+    forged = b'{"event":"task.failed","late":true}'
+    r, early, probe = send_late_body(kaie, echo, [("x-kaie-signature", kaie_signature(b"{}"))], forged,
+                                     wait_for_headers=True)
+    # The documented departure: upstream saw the headers (identity set,
+    # owned headers stripped), never the forged body.
+    assert r.status == 401 and r.json() == UNAUTHORIZED, r
+    assert early, "the wasm build was expected to pass the headers on before the body"
+    with echo.lock:
+        seen = next(h for h in echo.arrivals if h.get("x-probe") == probe)
+    assert seen["x-auth-method"] == "webhook" and seen["x-auth-subject"] == "kaie", seen
+    time.sleep(0.2)
+    assert hashlib.sha256(forged).hexdigest() not in echo.bodies
+
+
+TS_SECRET = "e2e-stripe-style-secret-0123456789"
+TS_OLD_SECRET = "e2e-stripe-style-old-secret-98765"
+
+
+@pytest.fixture(scope="module")
+def hooks(start):
+    """The kaie example plus a timestamped (Stripe-style) webhook with a 1 KiB limit."""
+    policy = example(KAIE)
+    policy["webhooks"].append({"name": "billing", "header": "x-billing-signature", "secret_env": "E2E_BILLING",
+                               "format": "timestamped", "tolerance_s": 300, "max_body_bytes": 1024})
+    policy["routes"].insert(0, {"prefix": "/webhooks/billing", "methods": ["POST"], "webhook": "billing"})
+    return start(policy, EDGE_AUTH_WEBHOOK_KAIE=WEBHOOK_SECRET, E2E_BILLING=TS_SECRET)
+
+
+def v1(secret, t, body):
+    return hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
+
+
+def billing(envoy, signature, body=None, chunks=None):
+    return send(envoy, "POST", "/webhooks/billing", [("x-billing-signature", signature)], body, chunks=chunks)
+
+
+def test_timestamped_webhooks_inside_and_outside_the_tolerance(hooks):
+    body = b'{"type":"invoice.paid","amount":4200}'
+    now = int(time.time())
+    for t in (now, now - 200, now + 200):
+        r = billing(hooks, f"t={t},v1={v1(TS_SECRET, t, body)}", body)
+        assert r.status == 200 and r.json()["body_sha256"] == hashlib.sha256(body).hexdigest(), (t - now, r)
+        assert r.json()["headers"]["x-auth-subject"] == "billing", r
+        # The same, chunked.
+        r = billing(hooks, f"t={t},v1={v1(TS_SECRET, t, body)}", chunks=[body[:9], body[9:]])
+        assert r.status == 200 and r.json()["body_len"] == len(body), (t - now, r)
+    for t in (now - 400, now + 400):
+        r = billing(hooks, f"t={t},v1={v1(TS_SECRET, t, body)}", body)
+        assert r.status == 401 and r.json() == UNAUTHORIZED, (t - now, r)
+    # The timestamp is inside the MAC: moving it breaks the signature.
+    r = billing(hooks, f"t={now + 1},v1={v1(TS_SECRET, now, body)}", body)
+    assert r.status == 401, r
+    assert "signature timestamp outside the tolerance" in hooks.wait_for_log("outside the tolerance")
+
+
+def test_two_v1_values_during_a_secret_rotation(hooks):
+    body = b'{"type":"customer.created"}'
+    t = int(time.time())
+    old, new = v1(TS_OLD_SECRET, t, body), v1(TS_SECRET, t, body)
+    for header in (f"t={t},v1={old},v1={new}", f"t={t},v1={new},v1={old}", f"t={t},v0=ignored,v1={old},v1={new}"):
+        assert billing(hooks, header, body).status == 200, header
+    assert billing(hooks, f"t={t},v1={old},v1={old}", body).status == 401
+
+
+def test_an_empty_body_is_checked_as_the_empty_body(hooks, echo):
+    t = int(time.time())
+    empty = f"t={t},v1={v1(TS_SECRET, t, b'')}"
+    # No body at all (content-length: 0), and a chunked body with no data.
+    for r in (billing(hooks, empty, b""), billing(hooks, empty, chunks=[])):
+        assert r.status == 200 and r.json()["body_len"] == 0, r
+    hex_empty = hmac.new(WEBHOOK_SECRET.encode(), b"", hashlib.sha256).hexdigest()
+    r = send(hooks, "POST", "/webhooks/kaie", [("x-kaie-signature", hex_empty)])
+    assert r.status == 200 and r.json()["body_len"] == 0, r
+    # A signature over the empty body does not pass a non-empty one, nor the reverse.
+    assert billing(hooks, empty, b"x").status == 401
+    assert billing(hooks, f"t={t},v1={v1(TS_SECRET, t, b'x')}", b"").status == 401
+
+
+def test_a_body_over_the_limit_announced_or_not(hooks, echo):
+    big = b"z" * 1025
+    t = int(time.time())
+    signature = f"t={t},v1={v1(TS_SECRET, t, big)}"
+    for r in (billing(hooks, signature, big), billing(hooks, signature, chunks=[big[:600], big[600:]])):
+        assert r.status == 401 and r.json() == UNAUTHORIZED, r
+    assert hashlib.sha256(big).hexdigest() not in echo.bodies
+    # At the limit exactly: accepted.
+    edge = b"z" * 1024
+    assert billing(hooks, f"t={t},v1={v1(TS_SECRET, t, edge)}", chunks=[edge[:600], edge[600:]]).status == 200
 
 
 def test_d_accounts_in_keys_and_account_checked_jwts(start):
@@ -330,3 +493,19 @@ def test_e_userkey_scopes_and_a_20_in_10s_burst(start):
     r = envoy.request("/v1/reports", [key])
     assert r.code == "rate_limited" and int(r.headers["retry-after"]) >= 1, r
     assert r.headers["x-ratelimit-limit"] == "20", r.headers
+
+
+def test_shadow_mode_forwards_a_forged_webhook_whole(start):
+    policy = example(KAIE)
+    policy["mode"] = "shadow"
+    envoy = start(policy, EDGE_AUTH_WEBHOOK_KAIE=WEBHOOK_SECRET)
+    before = envoy.stats()
+    forged = b'{"event":"forged"}'
+    r = send(envoy, "POST", "/webhooks/kaie", [("x-kaie-signature", kaie_signature(b"{}"))], forged)
+    assert r.status == 200 and r.json()["body_sha256"] == hashlib.sha256(forged).hexdigest(), r
+    # The native build holds the headers, so it can say what it would have
+    # refused; the wasm build's headers left before the body was checked.
+    shadow = r.json()["headers"].get("x-edge-auth-shadow")
+    assert shadow == ("401 invalid_signature" if BUILD == "dynamic" else None), r
+    name = "wasmcustom.edge_auth.shadow_denied.invalid_signature"
+    assert envoy.stats().get(name, 0) - before.get(name, 0) == 1

@@ -62,12 +62,6 @@ impl Config {
                 return None;
             }
         };
-        // Signed webhooks need the request body, which this build does not
-        // buffer yet: refuse rather than let a route go unchecked.
-        if !policy.webhooks.is_empty() {
-            log::error!("edge-auth: config: webhooks: signed webhooks are not supported by the native build yet");
-            return None;
-        }
         let Some(metrics) = Metrics::define(envoy) else {
             log::error!("edge-auth: could not define metrics");
             return None;

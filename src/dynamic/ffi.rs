@@ -6,7 +6,7 @@
 //! configuration is refused.
 
 use super::config::Config;
-use super::filter::{Filter, Paused};
+use super::filter::{BodyStatus, Filter, Paused};
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
@@ -66,6 +66,11 @@ const CALLOUT_SUCCESS: u32 = 0;
 // trailers) and StopIterationAndBuffer (body) are 1.
 const CONTINUE: u32 = 0;
 const STOP: u32 = 1;
+// envoy_dynamic_module_type_on_http_filter_request_body_status
+const STOP_NO_BUFFER: u32 = 3;
+// envoy_dynamic_module_type_http_body_type
+const RECEIVED_REQUEST_BODY: u32 = 0;
+const BUFFERED_REQUEST_BODY: u32 = 1;
 
 type Ptr = *mut c_void;
 
@@ -88,6 +93,14 @@ extern "C" {
         details: ModuleBuffer,
     );
     fn envoy_dynamic_module_callback_http_filter_continue_decoding(filter: Ptr);
+    fn envoy_dynamic_module_callback_http_get_body_size(filter: Ptr, body_type: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks_size(filter: Ptr, body_type: u32) -> usize;
+    fn envoy_dynamic_module_callback_http_get_body_chunks(
+        filter: Ptr,
+        body_type: u32,
+        result: *mut EnvoyBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_received_buffered_request_body(filter: Ptr) -> bool;
     fn envoy_dynamic_module_callback_http_filter_http_callout(
         filter: Ptr,
         callout_id: *mut u64,
@@ -258,6 +271,48 @@ impl FilterHandle {
         }
     }
 
+    /// The request body's parts: what Envoy buffered so far, then what the
+    /// current body hook received (outside a body hook, only the first).
+    /// The received part is left out when it is the buffer itself (a filter
+    /// before this one buffered the body and resumed).
+    fn request_body_parts(&self) -> &'static [u32] {
+        // SAFETY: a live filter pointer, handed to this hook by Envoy.
+        if unsafe { envoy_dynamic_module_callback_http_received_buffered_request_body(self.0) } {
+            &[BUFFERED_REQUEST_BODY]
+        } else {
+            &[BUFFERED_REQUEST_BODY, RECEIVED_REQUEST_BODY]
+        }
+    }
+
+    /// How many bytes of the request body have arrived.
+    pub fn request_body_size(&self) -> usize {
+        let parts = self.request_body_parts().iter();
+        // SAFETY: a live filter pointer; an absent body counts 0.
+        parts.map(|&part| unsafe { envoy_dynamic_module_callback_http_get_body_size(self.0, part) }).sum()
+    }
+
+    /// The request body that has arrived, as one copy.
+    pub fn request_body(&self) -> Vec<u8> {
+        let mut body = Vec::with_capacity(self.request_body_size());
+        for &part in self.request_body_parts() {
+            // SAFETY: the array has room for the count Envoy reported; the
+            // buffers stay valid until the end of the hook and are copied
+            // before it ends.
+            unsafe {
+                let count = envoy_dynamic_module_callback_http_get_body_chunks_size(self.0, part);
+                let mut chunks = vec![EnvoyBuffer { ptr: ptr::null(), length: 0 }; count];
+                if count == 0 || !envoy_dynamic_module_callback_http_get_body_chunks(self.0, part, chunks.as_mut_ptr())
+                {
+                    continue;
+                }
+                for chunk in &chunks {
+                    body.extend_from_slice(bytes(chunk.ptr, chunk.length));
+                }
+            }
+        }
+        body
+    }
+
     pub fn continue_decoding(&self) {
         // SAFETY: a live filter pointer, handed to this hook by Envoy.
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
@@ -413,6 +468,16 @@ fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
     })
 }
 
+/// Runs a request hook's body; a panic is logged and answered 503
+/// `auth_unavailable`, and Envoy gets `refused`.
+fn fail_closed_on_panic<T>(hook: &str, envoy: &FilterHandle, refused: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+        log(LogLevel::Error, &format!("edge-auth: panic in {hook}; answering 503"));
+        super::filter::fail_closed(envoy);
+        refused
+    })
+}
+
 /// A callout's answer as Envoy lent it.
 ///
 /// # Safety
@@ -542,44 +607,50 @@ extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void)
 extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter_envoy: Ptr,
     filter: *const c_void,
-    _end_of_stream: bool,
+    end_of_stream: bool,
 ) -> u32 {
     let envoy = FilterHandle(filter_envoy);
-    let status = catch_unwind(AssertUnwindSafe(|| {
+    fail_closed_on_panic("request_headers", &envoy, STOP, || {
         // SAFETY: see `filter_mut`.
-        unsafe { filter_mut(filter) }.map(|f| f.on_request_headers(&envoy))
-    }));
-    match status {
-        Ok(Some(Paused::No)) => CONTINUE,
-        Ok(Some(Paused::Yes)) => STOP,
-        // No filter, or a panic: fail closed.
-        Ok(None) | Err(_) => {
-            log(LogLevel::Error, "edge-auth: request_headers failed; answering 503");
-            super::filter::fail_closed(&envoy);
-            STOP
-        }
-    }
-}
-
-#[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_request_body(_envoy: Ptr, filter: *const c_void, _eos: bool) -> u32 {
-    // While the request waits on the rate-limit engine, its body waits too.
-    guarded("http_filter_request_body", STOP, || {
-        // SAFETY: see `filter_mut`.
-        match unsafe { filter_mut(filter) } {
-            Some(f) if f.waiting() => STOP,
-            _ => CONTINUE,
+        match unsafe { filter_mut(filter) }.map(|f| f.on_request_headers(&envoy, end_of_stream)) {
+            Some(Paused::No) => CONTINUE,
+            Some(Paused::Yes) => STOP,
+            // No filter: fail closed.
+            None => {
+                log(LogLevel::Error, "edge-auth: request_headers without a filter; answering 503");
+                super::filter::fail_closed(&envoy);
+                STOP
+            }
         }
     })
 }
 
 #[no_mangle]
-extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(_envoy: Ptr, filter: *const c_void) -> u32 {
-    guarded("http_filter_request_trailers", STOP, || {
+extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
+    filter_envoy: Ptr,
+    filter: *const c_void,
+    end_of_stream: bool,
+) -> u32 {
+    let envoy = FilterHandle(filter_envoy);
+    fail_closed_on_panic("request_body", &envoy, STOP_NO_BUFFER, || {
         // SAFETY: see `filter_mut`.
-        match unsafe { filter_mut(filter) } {
-            Some(f) if f.waiting() => STOP,
-            _ => CONTINUE,
+        match unsafe { filter_mut(filter) }.map(|f| f.on_request_body(&envoy, end_of_stream)) {
+            Some(BodyStatus::Continue) => CONTINUE,
+            Some(BodyStatus::Buffer) => STOP,
+            // Answered (or no filter, which the headers hook answered).
+            Some(BodyStatus::Refused) | None => STOP_NO_BUFFER,
+        }
+    })
+}
+
+#[no_mangle]
+extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(filter_envoy: Ptr, filter: *const c_void) -> u32 {
+    let envoy = FilterHandle(filter_envoy);
+    fail_closed_on_panic("request_trailers", &envoy, STOP, || {
+        // SAFETY: see `filter_mut`.
+        match unsafe { filter_mut(filter) }.map(|f| f.on_request_trailers(&envoy)) {
+            Some(Paused::No) => CONTINUE,
+            Some(Paused::Yes) | None => STOP,
         }
     })
 }
@@ -639,18 +710,14 @@ extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     chunks_size: usize,
 ) {
     let envoy = FilterHandle(filter_envoy);
-    let done = catch_unwind(AssertUnwindSafe(|| {
+    fail_closed_on_panic("http_callout_done", &envoy, (), || {
         // SAFETY: Envoy lends the arrays for the duration of the hook.
         let answer = unsafe { answer(result, headers, headers_size, chunks, chunks_size, super::filter::MAX_ANSWER) };
         // SAFETY: see `filter_mut`.
         if let Some(f) = unsafe { filter_mut(filter) } {
             f.on_callout_done(&envoy, callout_id, &answer);
         }
-    }));
-    if done.is_err() {
-        log(LogLevel::Error, "edge-auth: panic in http_callout_done; answering 503");
-        super::filter::fail_closed(&envoy);
-    }
+    });
 }
 
 #[no_mangle]

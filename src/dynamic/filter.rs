@@ -1,6 +1,8 @@
 //! Per-request glue: reads the request headers, lets this thread's worker
 //! decide, and applies what it says, asking the fleet-wide engine when it
-//! must (a gRPC call made as an HTTP/2 callout).
+//! must (a gRPC call made as an HTTP/2 callout). A signed webhook's headers
+//! are held while Envoy buffers its body, so nothing of a refused call
+//! reaches upstream.
 
 use super::config::{Config, Shared};
 use super::ffi::{Callout, CalloutAnswer, FilterHandle};
@@ -8,12 +10,12 @@ use super::grpc;
 use super::metrics::FilterStats;
 use super::store::STORE;
 use super::workers;
-use crate::decision::Request;
+use crate::decision::{BodyCheck, Request};
 use crate::denial::{Code, Denial, ErrorFaces, Reply};
 use crate::effects::{carries, Effects, CREDENTIAL_HEADERS};
 use crate::jwt::NoSignatureHost;
 use crate::rate_limit::global::{METHOD, SERVICE};
-use crate::worker::{AccessLog, CallFailed, EngineCall, Host, Next, Settled, Worker};
+use crate::worker::{AccessLog, Body, CallFailed, EngineCall, Host, Next, Settled, Worker};
 use std::borrow::Cow;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -32,6 +34,16 @@ pub enum Paused {
     No,
 }
 
+/// What the request-body hook tells Envoy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyStatus {
+    Continue,
+    /// Keep the data and wait (StopIterationAndBuffer).
+    Buffer,
+    /// The request was answered: buffer nothing more.
+    Refused,
+}
+
 pub struct Filter {
     context_id: u32,
     shared: Arc<Shared>,
@@ -43,6 +55,8 @@ pub struct Filter {
     waiting: Option<(u64, EngineCall)>,
     /// Added to upstream's response (`x-ratelimit-*`).
     response_headers: Vec<(&'static str, String)>,
+    /// A webhook call whose headers are held until its body is checked.
+    body_check: Option<BodyCheck>,
 }
 
 /// Answers 503 `auth_unavailable`: what a request gets when the filter
@@ -65,6 +79,7 @@ impl Filter {
             credentials: Vec::new(),
             waiting: None,
             response_headers: Vec::new(),
+            body_check: None,
         }
     }
 
@@ -84,7 +99,7 @@ impl Filter {
         }
     }
 
-    pub fn on_request_headers(&mut self, envoy: &FilterHandle) -> Paused {
+    pub fn on_request_headers(&mut self, envoy: &FilterHandle, end_of_stream: bool) -> Paused {
         let Some(worker) = self.worker.clone() else {
             // No policy means it could not compile here: fail closed.
             fail_closed(envoy);
@@ -107,12 +122,71 @@ impl Filter {
         match handled.next {
             Next::Apply(effects) => self.apply(envoy, effects),
             Next::Ask(call) => self.ask(envoy, &worker, &stats, *call),
-            // Policies with webhooks do not configure in this build.
-            Next::Body(_) => {
-                fail_closed(envoy);
+            Next::Body(check) => {
+                self.body_check = Some(check);
+                if end_of_stream {
+                    // No body will follow: check the empty one now.
+                    return self.settle_body(envoy, Body::Complete(&[]));
+                }
+                // Held: Envoy still hands this filter the body.
                 Paused::Yes
             }
         }
+    }
+
+    /// A webhook call's body is buffered (refused the moment it passes the
+    /// limit) and checked at its end; other requests' bodies wait only for
+    /// an engine call.
+    pub fn on_request_body(&mut self, envoy: &FilterHandle, end_of_stream: bool) -> BodyStatus {
+        if self.waiting() {
+            return BodyStatus::Buffer;
+        }
+        let Some(limit) = self.body_check.as_ref().map(|c| c.max_body_bytes) else { return BodyStatus::Continue };
+        let paused = if !fits(envoy.request_body_size(), limit) {
+            self.settle_body(envoy, Body::TooLarge)
+        } else if end_of_stream {
+            self.complete_body(envoy)
+        } else {
+            return BodyStatus::Buffer;
+        };
+        match paused {
+            Paused::No => BodyStatus::Continue,
+            Paused::Yes => BodyStatus::Refused,
+        }
+    }
+
+    /// Trailers end the body: a webhook call's is checked now.
+    pub fn on_request_trailers(&mut self, envoy: &FilterHandle) -> Paused {
+        if self.waiting() {
+            return Paused::Yes;
+        }
+        if self.body_check.is_none() {
+            return Paused::No;
+        }
+        self.complete_body(envoy)
+    }
+
+    /// The whole body is in (what Envoy buffered plus what just arrived).
+    fn complete_body(&mut self, envoy: &FilterHandle) -> Paused {
+        let Some(limit) = self.body_check.as_ref().map(|c| c.max_body_bytes) else { return Paused::No };
+        let body = envoy.request_body();
+        if !fits(body.len(), limit) {
+            return self.settle_body(envoy, Body::TooLarge);
+        }
+        self.settle_body(envoy, Body::Complete(&body))
+    }
+
+    /// Ends a webhook call's wait: its held headers go on with the
+    /// identity set, or it is answered.
+    fn settle_body(&mut self, envoy: &FilterHandle, body: Body<'_>) -> Paused {
+        let (Some(worker), Some(check)) = (self.worker.clone(), self.body_check.take()) else {
+            fail_closed(envoy);
+            return Paused::Yes;
+        };
+        let shared = Arc::clone(&self.shared);
+        let stats = FilterStats { metrics: &shared.metrics, envoy };
+        let effects = worker.settle_body(check, body, &self.host(&stats));
+        self.apply(envoy, effects)
     }
 
     pub fn on_response_headers(&mut self, envoy: &FilterHandle) {
@@ -194,6 +268,11 @@ impl Filter {
             envoy.continue_decoding();
         }
     }
+}
+
+/// Whether `size` bytes are within a webhook's `max_body_bytes`.
+fn fits(size: usize, limit: u64) -> bool {
+    u64::try_from(size).is_ok_and(|size| size <= limit)
 }
 
 /// The access-log fields are the wasm build's (filter state); this build

@@ -227,7 +227,9 @@ http {{
     return proc, port
 
 
-def start_envoy(name, workdir, upstream_port):
+def start_envoy(name, workdir, upstream_port, filters=None):
+    """An Envoy running CONFIGS[name], or `filters` (base config → the filters
+    ahead of the router) when given."""
     base = yaml.safe_load(ENVOY_YAML.read_text())
     port, admin = free_port(), free_port()
     base["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1",
@@ -238,7 +240,7 @@ def start_envoy(name, workdir, upstream_port):
         endpoint["address"]["socket_address"]["port_value"] = upstream_port
     hcm = hcm_of(base)
     router = hcm["http_filters"][-1]
-    hcm["http_filters"] = CONFIGS[name](base) + [router]
+    hcm["http_filters"] = (filters or CONFIGS[name])(base) + [router]
     path = workdir / f"envoy-{name.replace(' ', '-')}.json"
     path.write_text(json.dumps(base))
     env = {**os.environ, "EDGE_AUTH_PEPPER": PEPPER, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(MODULE_DIR)}

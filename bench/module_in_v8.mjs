@@ -1,10 +1,9 @@
 // The module's own cost per request, without Envoy: Node's V8 (Envoy's wasm
 // engine too) runs the module against a stand-in proxy-wasm host, in memory,
-// whose host calls cost next to nothing. Per scenario it prints the module's
-// CPU ns per request (context created, request and response headers, log,
-// done; the stand-in host's share included)
-// and the host calls it made, by kind, with the calls that return data and
-// their bytes. A module built with `--features count-allocs` logs its
+// whose host calls cost next to nothing. Per scenario it prints the CPU ns per
+// request (context created, request and response headers, log, done; the
+// stand-in host's share included) and the host calls the module made, by
+// kind, with the calls that return data and their bytes. A module built with `--features count-allocs` logs its
 // allocations per request; they are counted too.
 //
 //   node bench/module_in_v8.mjs MODULE.wasm INPUT.json
@@ -50,10 +49,10 @@ function give(data, retPtr, retSize) {
 function serialize(pairs) {
   const parts = pairs.map(([n, v]) => [enc.encode(n), enc.encode(v)]);
   const size = 4 + parts.reduce((s, [n, v]) => s + 8 + n.length + v.length + 2, 0);
-  const out = new Uint8Array(size), view = new DataView(out.buffer);
-  view.setUint32(0, parts.length, true);
+  const out = new Uint8Array(size), lengths = new DataView(out.buffer);
+  lengths.setUint32(0, parts.length, true);
   let at = 4;
-  for (const [n, v] of parts) { view.setUint32(at, n.length, true); view.setUint32(at + 4, v.length, true); at += 8; }
+  for (const [n, v] of parts) { lengths.setUint32(at, n.length, true); lengths.setUint32(at + 4, v.length, true); at += 8; }
   for (const [n, v] of parts) { out.set(n, at); at += n.length + 1; out.set(v, at); at += v.length + 1; }
   return out;
 }

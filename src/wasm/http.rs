@@ -30,6 +30,9 @@ pub struct HttpFilter {
     body_size: usize,
     /// The headers of a webhook call went upstream ahead of its body.
     headers_sent: bool,
+    /// Allocations and bytes when the request's headers came in.
+    #[cfg(feature = "count-allocs")]
+    allocs_at_start: (u64, u64),
 }
 
 impl HttpFilter {
@@ -50,6 +53,8 @@ impl HttpFilter {
             body_check: None,
             body_size: 0,
             headers_sent: false,
+            #[cfg(feature = "count-allocs")]
+            allocs_at_start: (0, 0),
         }
     }
 
@@ -154,6 +159,10 @@ impl Context for HttpFilter {
 
 impl HttpContext for HttpFilter {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        #[cfg(feature = "count-allocs")]
+        {
+            self.allocs_at_start = super::alloc_count::now();
+        }
         let (Some(worker), Some(metrics)) = (self.worker.clone(), self.metrics.clone()) else {
             // No policy means configuration failed: fail closed.
             return self.send(&Denial::from(Code::AuthUnavailable).reply(&ErrorFaces::default()));
@@ -218,6 +227,17 @@ impl HttpContext for HttpFilter {
             self.set_http_response_header(name, Some(&value));
         }
         Action::Continue
+    }
+
+    #[cfg(feature = "count-allocs")]
+    fn on_log(&mut self) {
+        let ((allocs, bytes), (start_allocs, start_bytes)) = (super::alloc_count::now(), self.allocs_at_start);
+        log::info!(
+            "edge-auth: request {}: {} allocations, {} bytes",
+            self.context_id,
+            allocs.wrapping_sub(start_allocs),
+            bytes.wrapping_sub(start_bytes)
+        );
     }
 }
 

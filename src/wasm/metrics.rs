@@ -35,9 +35,13 @@ pub struct Metrics {
     jwks_failed: u32,
     keyset_generation: u32,
     keyset_size: u32,
-    /// Per-route counters defined so far, by full name.
-    per_route: RefCell<HashMap<String, u32>>,
+    /// Per-route counters defined so far, by route label: found without
+    /// formatting their names on every denial.
+    per_route: RefCell<HashMap<String, RouteCounters>>,
 }
+
+/// One route's denial counters, by code: `[denied, shadow_denied]`.
+type RouteCounters = [[Option<u32>; Code::ALL.len()]; 2];
 
 impl Metrics {
     pub fn define() -> Option<Self> {
@@ -97,16 +101,19 @@ impl Stats for Metrics {
 
     fn denied(&self, code: Code, shadow: bool, route: &str) {
         bump_code(if shadow { &self.shadow_denied } else { &self.denied }, code);
-        let kind = if shadow { "shadow_denied" } else { "denied" };
-        let name = format!("{ROUTE_FAMILY}.{route}.{kind}.{}", code.as_str());
+        let Some(index) = Code::ALL.iter().position(|&c| c == code) else { return };
         let mut defined = self.per_route.borrow_mut();
-        let id = match defined.get(&name) {
-            Some(&id) => Some(id),
-            None => hostcalls::define_metric(MetricType::Counter, &name).ok().inspect(|&id| {
-                defined.insert(name, id);
-            }),
+        let counters = match defined.get_mut(route) {
+            Some(counters) => counters,
+            None => defined.entry(route.to_owned()).or_default(),
         };
-        if let Some(id) = id {
+        let Some(slot) = counters.get_mut(usize::from(shadow)).and_then(|ids| ids.get_mut(index)) else { return };
+        if slot.is_none() {
+            let kind = if shadow { "shadow_denied" } else { "denied" };
+            let name = format!("{ROUTE_FAMILY}.{route}.{kind}.{}", code.as_str());
+            *slot = hostcalls::define_metric(MetricType::Counter, &name).ok();
+        }
+        if let Some(id) = *slot {
             bump(id);
         }
     }

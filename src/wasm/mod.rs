@@ -1,6 +1,8 @@
 //! The proxy-wasm glue: a thin adapter between Envoy's proxy-wasm ABI and the
 //! host-neutral [`crate::worker::Worker`]. No decision logic here.
 
+#[cfg(feature = "count-allocs")]
+mod alloc_count;
 mod http;
 mod metrics;
 mod root;

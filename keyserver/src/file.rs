@@ -48,6 +48,36 @@ impl Content {
         Ok(Self { version, bytes, spans, revoked })
     }
 
+    /// Reads a new file, passing over its records when they are the same
+    /// bytes in the same place as in `old` (a change after them, such as a
+    /// revocation appended): only the rest of the file is parsed.
+    pub fn parse_after(old: &Content, bytes: Bytes) -> Result<Self, String> {
+        match Self::same_records(old, &bytes) {
+            Some(content) => Ok(content),
+            None => Self::parse(bytes),
+        }
+    }
+
+    fn same_records(old: &Content, bytes: &Bytes) -> Option<Self> {
+        let (first, last) = (old.spans.first()?, old.spans.last()?);
+        // Every byte up to the end of the last record is the old file's, so
+        // a parser reading the new file is, there, where it was in the old
+        // one: inside `keys`, at the same records. The rest is checked by
+        // parsing the file with the records cut out: it is a file with no
+        // record only if what follows the cut closes `keys` (no record added
+        // after them, no second `keys`).
+        if bytes.get(..last.end)? != old.bytes.get(..last.end)? {
+            return None;
+        }
+        let (head, tail) = (bytes.get(..first.start)?, bytes.get(last.end..)?);
+        let skeleton = [head, tail].concat();
+        let doc: FileDoc<'_> = serde_json::from_slice(&skeleton).ok()?;
+        if !doc.keys.is_empty() {
+            return None;
+        }
+        Some(Self { version: doc.version, bytes: bytes.clone(), spans: old.spans.clone(), revoked: doc.revoked })
+    }
+
     /// Each record's JSON text, in file order.
     pub fn records(&self) -> impl DoubleEndedIterator<Item = &[u8]> + ExactSizeIterator {
         self.spans.iter().map(|span| self.bytes.get(span.clone()).unwrap_or_default())
@@ -91,7 +121,7 @@ mod tests {
     use super::*;
 
     fn content(records: &[&str]) -> Content {
-        let file = format!(r#"{{ "keys": [ {} ], "revoked": ["x"] }}"#, records.join(" ,\n "));
+        let file = format!(r#"{{ "keys": [ {} ], "revoked": ["x"] }}"#, records.join(" , "));
         Content::parse(Bytes::from(file)).unwrap()
     }
 
@@ -103,6 +133,20 @@ mod tests {
         assert_eq!(c.revoked, ["x"]);
         assert!(Content::parse(Bytes::from_static(b"{\"keys\":[1,]}")).is_err());
         assert!(Content::parse(Bytes::from_static(b"{\"keys\":[],\"other\":1}")).is_err());
+    }
+
+    #[test]
+    fn records_in_place_are_not_parsed_again() {
+        let old = content(&[r#"{"id":"a"}"#, r#"{"id":"b"}"#]);
+        let file = |tail: &str| Bytes::from(format!(r#"{{ "keys": [ {{"id":"a"}} , {{"id":"b"}}{tail}"#));
+        let again = Content::same_records(&old, &file(r#" ], "revoked": ["x", "y"] }"#)).unwrap();
+        assert_eq!((again.spans, again.revoked), (old.spans.clone(), vec!["x".to_owned(), "y".to_owned()]));
+        assert!(Content::same_records(&old, &file(r#", {"id":"c"} ], "revoked": [] }"#)).is_none(), "one added");
+        assert!(Content::same_records(&old, &file(r#" ], "keys": [] }"#)).is_none());
+        assert!(Content::same_records(&old, &file(r#" ], "revoked": [1] }"#)).is_none());
+        let added = Content::parse_after(&old, file(r#", {"id":"c"} ] }"#)).unwrap();
+        assert_eq!(added.len(), 3, "parsed whole");
+        assert!(Content::parse_after(&old, file(r#" ], "revoked": [1] }"#)).is_err());
     }
 
     #[test]

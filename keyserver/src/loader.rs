@@ -48,7 +48,7 @@ impl Loader {
     /// Checks a file's bytes; on success it is the last good file.
     pub fn load(&mut self, bytes: Bytes) -> Result<Next, Refused> {
         let started = Instant::now();
-        let content = Content::parse(bytes).map_err(Refused)?;
+        let content = Content::parse_after(&self.content, bytes).map_err(Refused)?;
         let parsed = started.elapsed();
         let window = Window::between(&self.content, &content);
         let old: HashMap<String, &[u8]> = self

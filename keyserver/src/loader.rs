@@ -65,7 +65,8 @@ impl Loader {
         for raw in old.values() {
             sum.remove(raw);
         }
-        let window_new = content.records().enumerate().skip(window.start).take(window.new_end - window.start);
+        let window_new =
+            content.records().enumerate().skip(window.start).take(window.new_end.saturating_sub(window.start));
         for (at, raw) in window_new {
             sum.add(raw);
             let doc = record(raw, Some(at))?;

@@ -218,7 +218,8 @@ mod tests {
             let (status, body) = poll.await.unwrap();
             assert_eq!(status, "HTTP/1.1 200 OK");
             let body = json(&body);
-            assert_eq!((body["version"].as_str(), body["changes"]["revoke"][0].as_str()), (Some(&*version), Some("b")));
+            assert_eq!(body["version"].as_str(), Some(&*version));
+            assert_eq!(body["changes"], serde_json::json!({"revoke": ["b"]}), "just the change");
         }
         // A drain answers held polls at once.
         let held = tokio::spawn(get(addr, format!("\"{version}\"")));

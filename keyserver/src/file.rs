@@ -6,6 +6,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::ops::Range;
+use std::sync::Arc;
 
 /// The key-set file: a key server's whole answer, `version` optional.
 /// Records stay raw: only those that changed are parsed.
@@ -24,7 +25,9 @@ struct FileDoc<'a> {
 pub struct Content {
     pub version: Option<String>,
     bytes: Bytes,
-    spans: Vec<Range<usize>>,
+    /// Shared with the file before when its records were found unchanged
+    /// in place ([`Content::parse_after`]).
+    spans: Arc<[Range<usize>]>,
     pub revoked: Vec<String>,
 }
 
@@ -42,7 +45,7 @@ impl Content {
                 let span = start..start.checked_add(raw.get().len())?;
                 bytes.get(span.clone()).is_some().then_some(span)
             })
-            .collect::<Option<Vec<_>>>()
+            .collect::<Option<Arc<[_]>>>()
             .ok_or("records outside the file")?;
         let (version, revoked) = (doc.version, doc.revoked);
         Ok(Self { version, bytes, spans, revoked })
@@ -75,7 +78,7 @@ impl Content {
         if !doc.keys.is_empty() {
             return None;
         }
-        Some(Self { version: doc.version, bytes: bytes.clone(), spans: old.spans.clone(), revoked: doc.revoked })
+        Some(Self { version: doc.version, bytes: bytes.clone(), spans: Arc::clone(&old.spans), revoked: doc.revoked })
     }
 
     /// Each record's JSON text, in file order.
@@ -109,6 +112,9 @@ impl Window {
     /// an insertion or a removal (or several close together) leave a window
     /// of a few records, however large the set.
     pub fn between(old: &Content, new: &Content) -> Self {
+        if Arc::ptr_eq(&old.spans, &new.spans) {
+            return Self { start: old.len(), old_end: old.len(), new_end: new.len() };
+        }
         let start = old.records().zip(new.records()).take_while(|(a, b)| a == b).count();
         let most = old.len().min(new.len()).saturating_sub(start);
         let end = old.records().rev().zip(new.records().rev()).take(most).take_while(|(a, b)| a == b).count();
@@ -140,7 +146,8 @@ mod tests {
         let old = content(&[r#"{"id":"a"}"#, r#"{"id":"b"}"#]);
         let file = |tail: &str| Bytes::from(format!(r#"{{ "keys": [ {{"id":"a"}} , {{"id":"b"}}{tail}"#));
         let again = Content::same_records(&old, &file(r#" ], "revoked": ["x", "y"] }"#)).unwrap();
-        assert_eq!((again.spans, again.revoked), (old.spans.clone(), vec!["x".to_owned(), "y".to_owned()]));
+        assert_eq!(again.revoked, ["x", "y"]);
+        assert_eq!(Window::between(&old, &again), Window { start: 2, old_end: 2, new_end: 2 }, "known unchanged");
         assert!(Content::same_records(&old, &file(r#", {"id":"c"} ], "revoked": [] }"#)).is_none(), "one added");
         assert!(Content::same_records(&old, &file(r#" ], "keys": [] }"#)).is_none());
         assert!(Content::same_records(&old, &file(r#" ], "revoked": [1] }"#)).is_none());

@@ -77,19 +77,14 @@ async fn stat(file: &Path) -> Option<(SystemTime, u64)> {
 }
 
 /// Events in the file's directory that name the file (editors and atomic
-/// writers replace it by renaming). Reads (ours too) are not events.
+/// writers replace it by renaming).
 fn events(file: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Option<notify::RecommendedWatcher> {
     use notify::Watcher as _;
     let name = file.file_name()?.to_owned();
     let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).map_or_else(|| PathBuf::from("."), PathBuf::from);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         let Ok(event) = event else { return };
-        let trigger = match event.kind {
-            EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) => Trigger::Now,
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => Trigger::Now,
-            EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other => Trigger::Settle,
-            EventKind::Access(_) => return,
-        };
+        let Some(trigger) = trigger(event.kind) else { return };
         if event.paths.iter().any(|p| p.file_name() == Some(name.as_os_str())) {
             let _ = tx.send(trigger);
         }
@@ -97,6 +92,16 @@ fn events(file: &Path, tx: mpsc::UnboundedSender<Trigger>) -> Option<notify::Rec
     .ok()?;
     watcher.watch(&dir, notify::RecursiveMode::NonRecursive).ok()?;
     Some(watcher)
+}
+
+/// What an event on the file calls for; reads (ours too) call for nothing.
+fn trigger(kind: EventKind) -> Option<Trigger> {
+    match kind {
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Name(_)) => Some(Trigger::Now),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Trigger::Now),
+        EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any | EventKind::Other => Some(Trigger::Settle),
+        EventKind::Access(_) => None,
+    }
 }
 
 async fn reload(file: &Path, loader: &Arc<Mutex<Loader>>, state: &State) {
@@ -134,4 +139,20 @@ async fn reload(file: &Path, loader: &Arc<Mutex<Loader>>, state: &State) {
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, DataChange, RenameMode};
+
+    #[test]
+    fn complete_files_are_read_at_once_and_reads_ignored() {
+        assert_eq!(trigger(EventKind::Modify(ModifyKind::Name(RenameMode::To))), Some(Trigger::Now));
+        assert_eq!(trigger(EventKind::Create(CreateKind::File)), Some(Trigger::Now));
+        assert_eq!(trigger(EventKind::Access(AccessKind::Close(AccessMode::Write))), Some(Trigger::Now));
+        assert_eq!(trigger(EventKind::Modify(ModifyKind::Data(DataChange::Any))), Some(Trigger::Settle));
+        assert_eq!(trigger(EventKind::Access(AccessKind::Close(AccessMode::Read))), None);
+        assert_eq!(trigger(EventKind::Access(AccessKind::Open(AccessMode::Any))), None);
+    }
 }

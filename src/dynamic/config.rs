@@ -128,7 +128,7 @@ impl Config {
         if let Some(feed) = worker.feeds().iter().find(|f| f.kind == Kind::Keys) {
             self.shared.metrics.key_set_generation(envoy, feed.shared(&*STORE).meta().generation);
         }
-        if let Some(keys) = worker.fetched_keys() {
+        if let Some(keys) = worker.fetched_keys(&*STORE) {
             self.shared.metrics.key_set_size(envoy, keys);
         }
     }
@@ -136,7 +136,7 @@ impl Config {
     fn fetch(&self, envoy: &ConfigHandle, worker: &Worker, index: usize, etag: &str) {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
-        let owned = endpoint.request_headers(etag);
+        let owned = worker.request_headers(feed, etag);
         let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let timeout_ms = u64::try_from(endpoint.call_timeout().as_millis()).unwrap_or(u64::MAX).max(1);
         let callout = Callout { cluster: &endpoint.cluster, headers: &headers, body: &[], timeout_ms };
@@ -167,6 +167,14 @@ impl Config {
         let etag = answer.header("etag").map(str::to_owned);
         let body = answer.ok.then_some(answer.body);
         let outcome = worker.assess(feed, Answer { status: &status, body, etag }, &*STORE);
+        // A whole set coming page by page: the next page at once, under
+        // the same lease.
+        if outcome == Outcome::Page {
+            if feed.shared(&*STORE).renew(self.shared.holder, super::now_ns(), feed.endpoint.lease()) {
+                self.fetch(envoy, &worker, index, "");
+            }
+            return;
+        }
         self.settle(envoy, &worker, index, outcome, rearm);
         worker.sync(&*STORE);
         self.gauges(envoy, &worker);

@@ -105,6 +105,12 @@ pub enum Outcome {
     Fresh { body: Vec<u8>, etag: Option<String>, changes: Option<Vec<u8>> },
     /// The current generation's document, whole: it becomes the body.
     Rebased { body: Vec<u8>, etag: Option<String> },
+    /// Already written where readers find it (a key set, in its index):
+    /// published as the next generation, with no body to re-read.
+    Applied { etag: Option<String> },
+    /// One page of a whole set is in: the fetcher keeps its lease and asks
+    /// for the next page at once (nothing is published yet).
+    Page,
     /// Only what changed since generation `base`, published as the next one.
     Changes { changes: Vec<u8>, etag: Option<String>, base: u64 },
     /// 304 Not Modified: the published document is current.
@@ -236,7 +242,8 @@ impl<'a> SharedDocument<'a> {
                 }
                 (etag.clone(), next, current.body_generation)
             }
-            Outcome::Unchanged | Outcome::Failed | Outcome::Resync => {
+            Outcome::Applied { etag } => (etag.clone(), next, next),
+            Outcome::Unchanged | Outcome::Page | Outcome::Failed | Outcome::Resync => {
                 (None, current.generation, current.body_generation)
             }
         };
@@ -245,12 +252,15 @@ impl<'a> SharedDocument<'a> {
                 meta.lease_until_ns = 0;
             }
             match &outcome {
-                Outcome::Fresh { .. } | Outcome::Rebased { .. } | Outcome::Changes { .. } => {
+                Outcome::Fresh { .. }
+                | Outcome::Rebased { .. }
+                | Outcome::Changes { .. }
+                | Outcome::Applied { .. } => {
                     meta.generation = generation;
                     meta.body_generation = body_generation;
                     meta.etag = etag.clone().unwrap_or_default();
                 }
-                Outcome::Unchanged => {}
+                Outcome::Unchanged | Outcome::Page => {}
                 Outcome::Failed | Outcome::Resync => {
                     meta.next_fetch_ns = meta.next_fetch_ns.min(now_ns.saturating_add(nanos(RETRY.min(refresh))));
                     if outcome == Outcome::Resync {
@@ -264,6 +274,19 @@ impl<'a> SharedDocument<'a> {
             true
         });
         published.map_or(current.generation, |meta| meta.generation)
+    }
+
+    /// Extends `holder`'s lease by `lease` from now (a whole set coming
+    /// page by page); false if the lease is no longer its own.
+    pub fn renew(&self, holder: u64, now_ns: u64, lease: Duration) -> bool {
+        let renewed = self.update(|meta| {
+            if meta.lease_holder != holder || meta.lease_until_ns < now_ns {
+                return false;
+            }
+            meta.lease_until_ns = now_ns.saturating_add(nanos(lease));
+            true
+        });
+        renewed.is_some()
     }
 
     /// Asks for a fetch at the next tick (unknown `kid`), at most once per

@@ -39,7 +39,7 @@ impl Root {
     fn fetch(&mut self, worker: &Worker, index: usize, etag: &str) {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
-        let owned = endpoint.request_headers(etag);
+        let owned = worker.request_headers(feed, etag);
         let headers = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         match self.dispatch_http_call(&endpoint.cluster, headers, None, vec![], endpoint.call_timeout()) {
             Ok(token) => {
@@ -79,7 +79,7 @@ impl Root {
         if let Some(feed) = worker.feeds().iter().find(|f| f.kind == Kind::Keys) {
             metrics.key_set_generation(feed.shared(&HostStore).meta().generation);
         }
-        if let Some(keys) = worker.fetched_keys() {
+        if let Some(keys) = worker.fetched_keys(&HostStore) {
             metrics.key_set_size(keys);
         }
     }
@@ -101,6 +101,14 @@ impl Context for Root {
         let rearm = feed.endpoint.rearm(&status, applied, started_ns, super::now_ns());
         let answer = Answer { status: &status, body, etag: header("etag") };
         let outcome = worker.assess(feed, answer, &HostStore);
+        // A whole set coming page by page: the next page at once, under
+        // the same lease.
+        if outcome == Outcome::Page {
+            if feed.shared(&HostStore).renew(self.holder, super::now_ns(), feed.endpoint.lease()) {
+                self.fetch(&worker, index, "");
+            }
+            return;
+        }
         self.settle(&worker, index, outcome, rearm);
         worker.sync(&HostStore);
         self.gauges(&worker);

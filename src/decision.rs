@@ -207,7 +207,9 @@ where
         },
         Credential::Session(token) => match check_session(policy, runtime, token) {
             Ok(key) => admit_key(policy, on, key, CredentialKind::Session, runtime),
-            Err((key_id, denial, detail)) => Decision { key_id, detail: detail.map(Detail::Session), ..on.deny(denial) },
+            Err((key_id, denial, detail)) => {
+                Decision { key_id, detail: detail.map(Detail::Session), ..on.deny(denial) }
+            }
         },
         Credential::Publishable => on.deny(Denial::with_message(
             Code::InvalidApiKey,
@@ -892,5 +894,53 @@ mod tests {
             (denied_code(&d), d.detail),
             (Some("invalid_token"), Some(Detail::Session(SessionError::UnknownKey)))
         );
+    }
+
+    /// Row 16 and the fetched set: while the source never loaded, only the
+    /// policy's own keys pass; once loaded, its keys (and its revocations of
+    /// the policy's own) are read from shared data.
+    #[test]
+    fn fetched_keys_and_a_source_that_never_loaded() {
+        let json = format!(
+            r#"{{"api_keys": {{"opaque_bearer": true, "source": {{"cluster": "ks", "path": "/keys"}},
+                "keys": [{{"id":"k_1","hash":"{}","org":"o","account":"acme"}}]}},
+              "sessions": {{"path": "/api/session", "ttl_s": 60}}}}"#,
+            hash("opaque-1")
+        );
+        let p = parse(json.as_bytes(), &SESSION_ENV).unwrap();
+        let feeds = crate::fetched::feeds(&p);
+        let fetched = Fetched::new(&feeds);
+        let (store, tokens) = (MemoryStore::default(), RefCell::default());
+        let run = |auth: &str| {
+            let headers = vec![("authorization".to_owned(), auth.as_bytes().to_vec())];
+            let runtime = Runtime { fetched: &fetched, ..runtime(T0 * NANOS, &store, &tokens) };
+            let d = decide(&p, &Request { method: "GET", path: "/x", headers: &headers }, &runtime);
+            (denied_code(&d), d.key_id.map(Cow::into_owned))
+        };
+        let sessions = p.sessions.as_ref().unwrap();
+        let far = bearer(&sessions.issue("k_far", T0 + 60, [0; 12]).unwrap());
+        let near = bearer(&sessions.issue("k_1", T0 + 60, [0; 12]).unwrap());
+        assert_eq!(run("Bearer opaque-1"), (None, Some("k_1".into())));
+        assert_eq!(run("Bearer opaque-far"), (Some("auth_unavailable"), None));
+        assert_eq!(run(&far), (Some("auth_unavailable"), None));
+        assert_eq!(run(&near), (None, Some("k_1".into())));
+
+        let mut set = crate::api_key::Staged::new("1");
+        let far_record = crate::config::KeyRecordDoc {
+            id: "k_far".into(),
+            hash: hash("opaque-far"),
+            org: "o".into(),
+            account: "acme".into(),
+            scopes: vec!["s".into()],
+            plan: None,
+            expires_at: None,
+        };
+        crate::fetched::with_rules(&p, |rules| set.add(&[far_record], &["k_1".into()], rules, "k")).unwrap();
+        feeds[0].index(&store).load(&set).unwrap();
+        assert_eq!(run("Bearer opaque-far"), (None, Some("k_far".into())));
+        assert_eq!(run(&far), (None, Some("k_far".into())));
+        assert_eq!(run("Bearer opaque-1"), (Some("revoked_api_key"), Some("k_1".into())));
+        assert_eq!(run(&near), (Some("revoked_api_key"), Some("k_1".into())));
+        assert_eq!(run("Bearer opaque-nope"), (Some("invalid_api_key"), None));
     }
 }

@@ -30,10 +30,18 @@ pub struct KeySetAnswer {
 /// An answer once parsed.
 pub enum Parsed {
     /// A whole key set, or one page of it, its records checked.
-    Keys { version: String, page: Staged, next: Option<String> },
+    Keys {
+        version: String,
+        page: Staged,
+        next: Option<String>,
+    },
     /// Changes, checked only for shape: records are checked against the
     /// set they change ([`KeyIndex::check`]).
-    Changes { version: String, base: String, changes: KeyChangesDoc },
+    Changes {
+        version: String,
+        base: String,
+        changes: KeyChangesDoc,
+    },
     Jwks(Vec<VerifyKey>),
 }
 
@@ -213,6 +221,12 @@ impl Fetched {
         }
     }
 
+    /// Whether the answer awaited is a page of a whole set (it goes back
+    /// to a long poll once in, as a changed set would).
+    pub fn fetching_page(&self, feed: &Feed) -> bool {
+        feed.kind == Kind::Keys && matches!(self.paging, Paging::Fetching { .. })
+    }
+
     /// Takes what `feed`'s server answered (`status` is `none` when the
     /// call itself failed), logging why an answer is not used. A key set is
     /// written into shared data here, by this worker alone (it holds the
@@ -260,7 +274,10 @@ impl Fetched {
                     }
                 };
                 if index.apply(&checked, &version).is_err() {
-                    log::warn!("edge-auth: source {}: shared data refused the changes; asking for the whole set", feed.id);
+                    log::warn!(
+                        "edge-auth: source {}: shared data refused the changes; asking for the whole set",
+                        feed.id
+                    );
                     return Outcome::Resync;
                 }
                 log::info!(
@@ -417,7 +434,10 @@ mod tests {
         let index = fetcher.keys(&store).unwrap();
         assert_eq!(with_rules(&policy, |r| index.find(&hasher.hash("a"), r)), Lookup::Unavailable, "never loaded");
         let whole = format!(r#"{{"version":"1","keys":[{},{}]}}"#, record("a"), record("b"));
-        assert_eq!(fetch(&policy, &mut fetcher, &store, &whole, "\"1\""), Outcome::Applied { etag: Some("\"1\"".into()) });
+        assert_eq!(
+            fetch(&policy, &mut fetcher, &store, &whole, "\"1\""),
+            Outcome::Applied { etag: Some("\"1\"".into()) }
+        );
         assert_eq!(state(&policy, &store, &["a", "b", "c"]), [(true, false), (true, false), (false, false)]);
 
         let delta = format!(r#"{{"version":"2","base":"1","changes":{{"upsert":[{}],"revoke":["a"]}}}}"#, record("c"));
@@ -429,7 +449,10 @@ mod tests {
         // A whole set from a polling server replaces the set at once.
         let whole = format!(r#"{{"version":"3","keys":[{},{}],"revoked":["a","z"]}}"#, record("a"), record("c"));
         assert!(matches!(fetch(&policy, &mut fetcher, &store, &whole, "\"3\""), Outcome::Applied { .. }));
-        assert_eq!(state(&policy, &store, &["a", "b", "c", "z"]), [(true, true), (false, false), (true, false), (false, true)]);
+        assert_eq!(
+            state(&policy, &store, &["a", "b", "c", "z"]),
+            [(true, true), (false, false), (true, false), (false, true)]
+        );
         let meta = feeds(&policy)[0].shared(&store).meta();
         assert_eq!((meta.generation, meta.body_generation), (3, 3), "never a whole body to refresh");
         // Unrevoking a key not in the set drops its record.

@@ -140,6 +140,12 @@ impl Worker {
         self.fetched.borrow_mut().assess(&self.policy, feed, answer, store)
     }
 
+    /// Whether the answer awaited from `feed` is a page of a whole set
+    /// (see [`Fetched::fetching_page`]).
+    pub fn fetching_page(&self, feed: &Feed) -> bool {
+        self.fetched.borrow().fetching_page(feed)
+    }
+
     /// The request headers of `feed`'s next fetch (see [`Fetched::request_headers`]).
     pub fn request_headers(&self, feed: &Feed, etag: &str) -> Vec<(&'static str, String)> {
         self.fetched.borrow_mut().request_headers(feed, etag)

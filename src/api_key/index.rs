@@ -397,10 +397,8 @@ impl<'a> KeyIndex<'a> {
     /// revocation is dropped.
     fn put_id(&self, header: &Header, record: IdRecord) -> Result<(), Conflict> {
         self.edit(header, Series::Ids, id_shard(&record.id, header.bits), |records_| {
-            let mut out: Vec<u8> = id_records(records_)
-                .filter(|r| r.id != record.id)
-                .flat_map(|r| r.bytes.iter().copied())
-                .collect();
+            let mut out: Vec<u8> =
+                id_records(records_).filter(|r| r.id != record.id).flat_map(|r| r.bytes.iter().copied()).collect();
             if record.revoked || record.key.is_some() {
                 record.encode(&mut out);
             }
@@ -528,7 +526,12 @@ impl Staged {
         for &(_, i) in keys {
             let Some(record) = self.record(i).and_then(Record::parse) else { continue };
             let id = record.id;
-            entries.push(IdEntry { shard: id_shard(id, bits), id, key: Some(record.prefix()), revoked: revoked.contains(id) });
+            entries.push(IdEntry {
+                shard: id_shard(id, bits),
+                id,
+                key: Some(record.prefix()),
+                revoked: revoked.contains(id),
+            });
         }
         entries.sort_unstable_by(|a, b| a.shard.cmp(&b.shard).then_with(|| a.id.cmp(b.id)));
         if let Some(pair) = entries.windows(2).find(|w| matches!(w, [a, b] if a.id == b.id)) {
@@ -763,4 +766,167 @@ fn id_records(mut bytes: &[u8]) -> impl Iterator<Item = IdRef<'_>> {
         bytes = rest;
         Some(IdRef { bytes: record, id, revoked: flags & REVOKED != 0, key })
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api_key::KeyHasher;
+    use crate::store::MemoryStore;
+
+    fn record(id: &str, key: &str) -> KeyRecordDoc {
+        KeyRecordDoc {
+            id: id.into(),
+            hash: KeyHasher::new(b"pepper").unwrap().hash(key).to_hex(),
+            org: "org_1".into(),
+            account: "acme".into(),
+            scopes: vec!["a:read".into(), "b:write".into()],
+            plan: None,
+            expires_at: Some("2030-01-01T00:00:00Z".into()),
+        }
+    }
+
+    fn with_rules<T>(f: impl FnOnce(&RecordRules<'_>) -> T) -> T {
+        let plans = Plans::default();
+        f(&RecordRules { account_ok: &|a| !a.is_empty(), plans: &plans })
+    }
+
+    fn load(index: &KeyIndex<'_>, version: &str, records: &[KeyRecordDoc], revoked: &[&str]) -> Header {
+        let mut set = Staged::new(version);
+        let revoked: Vec<String> = revoked.iter().map(|r| (*r).to_owned()).collect();
+        with_rules(|rules| set.add(records, &revoked, rules, "k")).unwrap();
+        index.load(&set).unwrap()
+    }
+
+    /// The key id each presented key finds, `!` marking a revoked one.
+    fn ids(index: &KeyIndex<'_>, keys: &[&str]) -> Vec<String> {
+        let hasher = KeyHasher::new(b"pepper").unwrap();
+        keys.iter()
+            .map(|k| match with_rules(|rules| index.find(&hasher.hash(k), rules)) {
+                Lookup::Found(held) => format!("{}{}", held.key.id, if held.revoked { "!" } else { "" }),
+                Lookup::Missing => "-".into(),
+                Lookup::Unavailable => "?".into(),
+            })
+            .collect()
+    }
+
+    fn change(index: &KeyIndex<'_>, doc: &KeyChangesDoc) -> Result<(), ConfigError> {
+        let checked = with_rules(|rules| index.check(doc, rules, "c"))?;
+        index.apply(&checked, "next").map_err(|_| ConfigError::new("c", "conflict"))
+    }
+
+    #[test]
+    fn a_loaded_set_is_found_by_hash_and_by_id() {
+        let store = MemoryStore::default();
+        let index = KeyIndex::new(&store, "keys/t");
+        assert_eq!(ids(&index, &["one"]), ["?"], "never loaded");
+        assert_eq!(index.is_revoked("k1"), None);
+        let records: Vec<KeyRecordDoc> = (0..100).map(|i| record(&format!("k{i}"), &format!("key-{i}"))).collect();
+        let header = load(&index, "1", &records, &["k7", "elsewhere"]);
+        assert_eq!((header.keys, header.bits, header.version.as_str()), (100, 3, "1"));
+        assert_eq!(ids(&index, &["key-0", "key-7", "key-99", "key-100"]), ["k0", "k7!", "k99", "-"]);
+        let Lookup::Found(held) = with_rules(|rules| index.find_id("k42", rules)) else { panic!() };
+        assert_eq!(held.key.scopes, ["a:read", "b:write"]);
+        assert_eq!((held.key.scopes_header.as_str(), held.key.expires_at), ("a:read b:write", Some(1_893_456_000)));
+        assert_eq!(with_rules(|rules| index.find_id("k100", rules)), Lookup::Missing);
+        assert_eq!((index.is_revoked("elsewhere"), index.is_revoked("k8")), (Some(true), Some(false)));
+        // A record the current policy refuses is no key.
+        let plans = Plans::default();
+        let strict = RecordRules { account_ok: &|a| a == "other", plans: &plans };
+        let hasher = KeyHasher::new(b"pepper").unwrap();
+        assert_eq!(index.find(&hasher.hash("key-0"), &strict), Lookup::Missing);
+    }
+
+    #[test]
+    fn a_whole_set_flips_banks_and_frees_the_old_one() {
+        let store = MemoryStore::default();
+        let index = KeyIndex::new(&store, "keys/t");
+        let records: Vec<KeyRecordDoc> = (0..200).map(|i| record(&format!("k{i}"), &format!("key-{i}"))).collect();
+        let first = load(&index, "1", &records, &[]);
+        let entries = store.len();
+        // A reader that read the header before the flip finds a stale epoch.
+        let second = load(&index, "2", records.get(..20).unwrap(), &[]);
+        assert_ne!(first.bank, second.bank);
+        assert!(index.shard(&first, Series::Keys, 0).is_none());
+        assert_eq!(ids(&index, &["key-0", "key-19", "key-20"]), ["k0", "k19", "-"]);
+        let third = load(&index, "3", &records, &[]);
+        assert_eq!(ids(&index, &["key-0", "key-199"]), ["k0", "k199"]);
+        assert_eq!(third.bank, first.bank);
+        assert_eq!(store.len(), entries + 2 * 2, "the second bank's two shards, and nothing more");
+        let held: usize = (0..2u8)
+            .flat_map(|bank| (0..16).map(move |s| (bank, s)))
+            .filter_map(|(bank, s)| store.get(&index.shard_key(bank, Series::Keys, s)))
+            .map(|(value, _)| value.len())
+            .sum();
+        assert!(held < 200 * 80, "one bank's records: {held}");
+        let twice = [record("k1", "a"), record("k1", "b")];
+        let mut set = Staged::new("4");
+        with_rules(|rules| set.add(&twice, &[], rules, "k")).unwrap();
+        assert_eq!(index.load(&set).unwrap_err().to_string(), "key set.keys: duplicate key id 'k1'");
+        assert_eq!(index.header().version, "3");
+    }
+
+    #[test]
+    fn changes_apply_entry_by_entry_and_churn_does_not_grow_memory() {
+        let store = MemoryStore::default();
+        let index = KeyIndex::new(&store, "keys/t");
+        load(&index, "1", &[record("k1", "one"), record("k2", "two"), record("k3", "three")], &["gone"]);
+        let doc = KeyChangesDoc {
+            upsert: vec![record("k4", "four"), record("k2", "two-rotated")],
+            remove: vec!["k1".into(), "nobody".into()],
+            revoke: vec!["k3".into()],
+            unrevoke: vec!["gone".into()],
+        };
+        change(&index, &doc).unwrap();
+        let found = ids(&index, &["one", "two", "two-rotated", "three", "four"]);
+        assert_eq!(found, ["-", "-", "k2", "k3!", "k4"]);
+        assert_eq!((index.header().keys, index.header().version.as_str()), (3, "next"));
+        assert_eq!(index.is_revoked("gone"), Some(false));
+        // A hash may move from a key this change replaces; a revoked id
+        // upserted again stays revoked.
+        let mut moved = record("k5", "three");
+        moved.org = "org_2".into();
+        change(&index, &KeyChangesDoc { upsert: vec![moved, record("k3", "new-three")], ..KeyChangesDoc::default() })
+            .unwrap();
+        assert_eq!(ids(&index, &["three", "new-three"]), ["k5", "k3!"]);
+        // Churn: the same entries, rewritten in place; no tombstone stays.
+        let bytes = |series| store.get(&index.shard_key(1, series, 0)).map(|(v, _)| v.len());
+        let before = (store.len(), bytes(Series::Keys), bytes(Series::Ids));
+        for n in 0..50 {
+            let id = format!("churn{n}");
+            change(
+                &index,
+                &KeyChangesDoc { upsert: vec![record(&id, &id)], revoke: vec![id.clone()], ..Default::default() },
+            )
+            .unwrap();
+            change(&index, &KeyChangesDoc { remove: vec![id.clone()], unrevoke: vec![id], ..Default::default() })
+                .unwrap();
+        }
+        assert_eq!((store.len(), bytes(Series::Keys), bytes(Series::Ids)), before);
+    }
+
+    #[test]
+    fn invalid_changes_are_refused_whole_naming_the_entry() {
+        let store = MemoryStore::default();
+        let index = KeyIndex::new(&store, "keys/t");
+        load(&index, "1", &[record("k1", "one"), record("k2", "two")], &[]);
+        let err = |doc: KeyChangesDoc| change(&index, &doc).unwrap_err().to_string();
+        let upsert = |records: Vec<KeyRecordDoc>| KeyChangesDoc { upsert: records, ..KeyChangesDoc::default() };
+        assert_eq!(err(upsert(vec![record("k9", "one")])), "c.upsert[0].hash: duplicate hash");
+        let twice = upsert(vec![record("k8", "eight"), record("k8", "nine")]);
+        assert_eq!(err(twice), "c.upsert[1].id: duplicate key id 'k8'");
+        let both = KeyChangesDoc { remove: vec!["k8".into()], ..upsert(vec![record("k8", "eight")]) };
+        assert_eq!(err(both), "c.upsert[0].id: 'k8' is also in remove");
+        let clash = KeyChangesDoc { revoke: vec!["k1".into()], unrevoke: vec!["k1".into()], ..Default::default() };
+        assert_eq!(err(clash), "c.unrevoke: 'k1' is also in revoke");
+        assert_eq!(ids(&index, &["one", "two", "eight"]), ["k1", "k2", "-"]);
+    }
+
+    #[test]
+    fn shards_grow_with_the_set() {
+        assert_eq!((bits_for(0), bits_for(16), bits_for(17), bits_for(1_000_000)), (0, 0, 1, 16));
+        assert_eq!(key_shard(&[0xff, 0, 0, 0], 1), 1);
+        assert_eq!(key_shard(&[0x7f, 0xff, 0, 0], 1), 0);
+        assert_eq!(id_shard("anything", 0), 0);
+    }
 }

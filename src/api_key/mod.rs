@@ -10,8 +10,8 @@ use crate::config::{ApiKeysDoc, ConfigError, Environment, KeyChangesDoc, KeyReco
 use crate::rate_limit::{PlanId, Plans};
 use crate::remote::Endpoint;
 use crate::text::{is_header_safe, is_scope};
-pub use index::{Changes, Held, KeyIndex, Lookup, Staged};
 use hmac::{Hmac, Mac};
+pub use index::{Changes, Held, KeyIndex, Lookup, Staged};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
 use std::fmt;

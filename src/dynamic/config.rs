@@ -162,7 +162,9 @@ impl Config {
         // No :status means the call failed (timeout, reset, no cluster).
         let status = if answer.ok { answer.header(":status").unwrap_or("none") } else { "none" }.to_owned();
         // RFC 7240: a server that held the call says so.
-        let applied = answer.header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"));
+        // The last page of a whole set re-arms a long poll too.
+        let applied = answer.header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"))
+            || worker.fetching_page(feed);
         let rearm = feed.endpoint.rearm(&status, applied, started_ns, super::now_ns());
         let etag = answer.header("etag").map(str::to_owned);
         let body = answer.ok.then_some(answer.body);

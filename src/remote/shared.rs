@@ -252,10 +252,7 @@ impl<'a> SharedDocument<'a> {
                 meta.lease_until_ns = 0;
             }
             match &outcome {
-                Outcome::Fresh { .. }
-                | Outcome::Rebased { .. }
-                | Outcome::Changes { .. }
-                | Outcome::Applied { .. } => {
+                Outcome::Fresh { .. } | Outcome::Rebased { .. } | Outcome::Changes { .. } | Outcome::Applied { .. } => {
                     meta.generation = generation;
                     meta.body_generation = body_generation;
                     meta.etag = etag.clone().unwrap_or_default();

@@ -97,7 +97,9 @@ impl Context for Root {
         let status = header(":status").unwrap_or_else(|| "none".to_owned());
         let body = if body_size > MAX_BODY { None } else { self.get_http_call_response_body(0, body_size) };
         // RFC 7240: a server that held the call says so.
-        let applied = header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"));
+        // The last page of a whole set re-arms a long poll too.
+        let applied = header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"))
+            || worker.fetching_page(feed);
         let rearm = feed.endpoint.rearm(&status, applied, started_ns, super::now_ns());
         let answer = Answer { status: &status, body, etag: header("etag") };
         let outcome = worker.assess(feed, answer, &HostStore);

@@ -187,7 +187,7 @@ impl Fetched {
     pub fn sync(&mut self, store: &dyn SharedStore) -> bool {
         let mut changed = false;
         for loaded in &mut self.jwks {
-            let Published::Whole { generation, body, .. } = loaded.feed.shared(store).since(loaded.generation) else {
+            let Published::Whole { generation, body } = loaded.feed.shared(store).since(loaded.generation) else {
                 continue;
             };
             loaded.generation = generation;
@@ -252,7 +252,7 @@ impl Fetched {
         match parse(policy, feed.kind, &body) {
             Ok(Parsed::Jwks(keys)) => {
                 log::info!("edge-auth: source {}: JWKS with {} keys", feed.id, keys.len());
-                Outcome::Fresh { body, etag, changes: None }
+                Outcome::Fresh { body, etag }
             }
             Ok(Parsed::Keys { version, page, next }) => self.whole(feed, pages, (version, page, next), etag, store),
             Ok(Parsed::Changes { version, base, changes }) => {
@@ -454,7 +454,7 @@ mod tests {
             [(true, true), (false, false), (true, false), (false, true)]
         );
         let meta = feeds(&policy)[0].shared(&store).meta();
-        assert_eq!((meta.generation, meta.body_generation), (3, 3), "never a whole body to refresh");
+        assert_eq!((meta.generation, meta.etag.as_str()), (3, "\"3\""), "no whole body to refresh, ever");
         // Unrevoking a key not in the set drops its record.
         let delta = r#"{"version":"4","base":"3","changes":{"unrevoke":["z","a"],"remove":["c"]}}"#;
         assert!(matches!(fetch(&policy, &mut fetcher, &store, delta, "\"4\""), Outcome::Applied { .. }));

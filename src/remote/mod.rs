@@ -3,7 +3,7 @@
 
 mod shared;
 
-pub use shared::{Meta, Outcome, Published, SharedDocument, EARLY_REFETCH, MAX_BODY, MAX_DELTA, RETRY, RING};
+pub use shared::{Meta, Outcome, Published, SharedDocument, EARLY_REFETCH, MAX_BODY, MAX_DELTA, RETRY};
 
 use crate::config::{ConfigError, SourceDoc};
 use crate::text::is_header_safe;

@@ -10,6 +10,7 @@ import pytest
 
 from harness import TEST_PEPPER, key_hash
 from key_server import add_cluster
+from keys_serve import KeysServe
 from longpoll_server import LongPollServer
 
 PATH = "/v1/edge/keys"
@@ -68,6 +69,24 @@ def test_a_large_paged_set_is_served_and_revoked_through_changes(envoy_factory, 
     print(f"revocation refused after {took * 1e3:.0f} ms")
     assert status(envoy, KEYS // 3 + 1) == 200
     assert envoy.request("/x", [("x-api-key", key(KEYS // 3))]).code == "revoked_api_key"
+
+
+def test_keys_serve_pages_its_whole_answers(envoy_factory):
+    records = [{"id": f"key_{n}", "hash": key_hash(key(n)), "org": "org_1", "account": "acme"} for n in range(50)]
+    server = KeysServe(records, revoked=["key_3"], args=["--page-keys", "7"]).start()
+    try:
+        policy = {"api_keys": {"source": {"cluster": "ks", "path": PATH, "refresh_s": 30}}}
+        envoy = envoy_factory(policy, edit=add_cluster("ks", server.port))
+        wait_for(lambda: status(envoy, 49) == 200, 10)
+        assert [status(envoy, n) for n in (0, 3, 7, 48)] == [200, 403, 200, 200]
+        assert "50 keys, 1 revoked, 8 pages" in envoy.wait_for_log("8 pages")
+        # A change arrives as changes on the long poll, not as pages again.
+        time.sleep(0.3)
+        server.write(records[:49], revoked=["key_3", "key_7"])
+        wait_for(lambda: status(envoy, 7) == 403, 5)
+        assert status(envoy, 49) == 401
+    finally:
+        server.stop()
 
 
 def test_an_unknown_key_while_the_source_never_loaded_is_503_but_inline_keys_pass(envoy_factory):

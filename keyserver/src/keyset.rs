@@ -33,6 +33,8 @@ struct WholeAnswer<'a> {
     version: &'a str,
     keys: &'a [KeyRecordDoc],
     revoked: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -47,8 +49,11 @@ pub struct Snapshot {
     pub version: String,
     /// `"<version>"`: the filter sends it back as `If-None-Match`.
     pub etag: String,
-    /// `{"version","keys","revoked"}`.
-    pub whole: Bytes,
+    /// The whole answer in pages (`{"version","keys","revoked","next"}`):
+    /// never empty; each but the last names the next.
+    pub pages: Vec<Bytes>,
+    /// The whole answer's size, were it one page.
+    whole_len: usize,
     pub keys: usize,
     pub revoked: usize,
     records: HashMap<String, KeyRecordDoc>,
@@ -64,8 +69,9 @@ pub struct Snapshot {
 pub struct Refused(pub String);
 
 impl Snapshot {
-    /// Parses and checks a file's bytes.
-    pub fn load(file: &[u8], policy: &Policy) -> Result<Self, Refused> {
+    /// Parses and checks a file's bytes; serves it in pages of at most
+    /// `page_keys` keys.
+    pub fn load(file: &[u8], policy: &Policy, page_keys: usize) -> Result<Self, Refused> {
         let doc: FileDoc = serde_json::from_slice(file).map_err(|e| Refused(format!("not a key-set file: {e}")))?;
         let content = serde_json::to_vec(&(&doc.keys, &doc.revoked)).map_err(|e| Refused(e.to_string()))?;
         let digest: String = Sha256::digest(&content).iter().take(6).map(|b| format!("{b:02x}")).collect();
@@ -76,20 +82,24 @@ impl Snapshot {
         if !version.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
             return Err(Refused("version: visible ASCII without quotes or backslashes".into()));
         }
-        let whole = serde_json::to_vec(&WholeAnswer { version: &version, keys: &doc.keys, revoked: &doc.revoked })
-            .map_err(|e| Refused(e.to_string()))?;
+        let answer = WholeAnswer { version: &version, keys: &doc.keys, revoked: &doc.revoked, next: None };
+        let whole = serde_json::to_vec(&answer).map_err(|e| Refused(e.to_string()))?;
         match fetched::parse(policy, Kind::Keys, &whole) {
             Ok(Parsed::Keys { .. }) => {}
             Ok(_) => return Err(Refused("not a whole key set".into())),
             Err(e) => return Err(Refused(e.to_string().replacen("key set", "file", 1))),
         }
+        let whole_len = whole.len();
+        drop(whole);
+        let pages = pages(&version, &doc.keys, &doc.revoked, page_keys)?;
         let keys = doc.keys.len();
         let revoked_ids: BTreeSet<String> = doc.revoked.into_iter().collect();
         let records = doc.keys.into_iter().map(|r| (r.id.clone(), r)).collect();
         Ok(Self {
             etag: format!("\"{version}\""),
             version,
-            whole: Bytes::from(whole),
+            pages,
+            whole_len,
             keys,
             revoked: revoked_ids.len(),
             records,
@@ -99,6 +109,11 @@ impl Snapshot {
     }
 
     /// What changed from `base` to this version.
+    /// The whole answer's first page.
+    pub fn first(&self) -> Bytes {
+        self.pages.first().cloned().unwrap_or_default()
+    }
+
     fn diff(&self, base: &Snapshot) -> KeyChangesDoc {
         let mut upsert: Vec<KeyRecordDoc> =
             self.records.values().filter(|r| base.records.get(&r.id) != Some(*r)).cloned().collect();
@@ -114,8 +129,8 @@ impl Snapshot {
         }
     }
 
-    /// The changes answer from `base`, if it is small enough for the
-    /// filter's ring and smaller than the whole set.
+    /// The changes answer from `base`, if it is small (a large change is
+    /// cheaper to apply as a whole set) and smaller than the whole set.
     fn changes_from(&self, base: &Snapshot) -> Option<Bytes> {
         if let Ok(cached) = self.changes.lock() {
             if let Some(answer) = cached.get(&base.version) {
@@ -126,13 +141,32 @@ impl Snapshot {
         let answer =
             serde_json::to_vec(&ChangesAnswer { version: &self.version, base: &base.version, changes: &changes })
                 .ok()
-                .filter(|a| a.len() <= MAX_DELTA && a.len() < self.whole.len())
+                .filter(|a| a.len() <= MAX_DELTA && a.len() < self.whole_len)
                 .map(Bytes::from);
         if let Ok(mut cached) = self.changes.lock() {
             cached.insert(base.version.clone(), answer.clone());
         }
         answer
     }
+}
+
+/// The whole answer `{"version","keys","revoked"}` in pages of `page_keys`
+/// keys; every page but the last names the next (`<n>.<version>`), and the
+/// revoked ids travel with the first.
+fn pages(version: &str, keys: &[KeyRecordDoc], revoked: &[String], page_keys: usize) -> Result<Vec<Bytes>, Refused> {
+    let chunks: Vec<&[KeyRecordDoc]> =
+        if keys.is_empty() { vec![keys] } else { keys.chunks(page_keys.max(1)).collect() };
+    let count = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(n, keys)| {
+            let revoked = if n == 0 { revoked } else { &[] };
+            let next = (n + 1 < count).then(|| format!("{}.{version}", n + 1));
+            serde_json::to_vec(&WholeAnswer { version, keys, revoked, next }).map(Bytes::from)
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| Refused(e.to_string()))
 }
 
 /// What to answer a filter that holds a version.
@@ -180,12 +214,26 @@ impl History {
         let current = self.current();
         let reply = match held.and_then(|v| self.versions.iter().find(|s| s.version == v)) {
             Some(base) if base.version == current.version => Reply::NotModified,
-            Some(base) => {
-                current.changes_from(base).map_or_else(|| Reply::Whole(current.whole.clone()), Reply::Changes)
-            }
-            None => Reply::Whole(current.whole.clone()),
+            Some(base) => current.changes_from(base).map_or_else(|| Reply::Whole(current.first()), Reply::Changes),
+            None => Reply::Whole(current.first()),
         };
         (current, reply)
+    }
+
+    /// The page a cursor names (`<n>.<version>`): of that version while it
+    /// is remembered, else the current version's first page (the filter
+    /// sees another version and starts again). `None`: no such page.
+    pub fn page(&self, cursor: &str) -> Option<(Arc<Snapshot>, Bytes)> {
+        let (n, version) = cursor.split_once('.')?;
+        let n: usize = n.parse().ok()?;
+        match self.versions.iter().find(|s| s.version == version) {
+            Some(snapshot) => snapshot.pages.get(n).cloned().map(|page| (Arc::clone(snapshot), page)),
+            None => {
+                let current = self.current();
+                let first = current.first();
+                Some((current, first))
+            }
+        }
     }
 }
 
@@ -193,7 +241,8 @@ fn placeholder() -> Snapshot {
     Snapshot {
         version: String::new(),
         etag: String::new(),
-        whole: Bytes::new(),
+        pages: Vec::new(),
+        whole_len: 0,
         keys: 0,
         revoked: 0,
         records: HashMap::new(),
@@ -224,7 +273,7 @@ mod tests {
 
     fn load(keys: &[String], revoked: &str) -> Snapshot {
         let file = format!(r#"{{"version":"v","keys":[{}],"revoked":[{revoked}]}}"#, keys.join(","));
-        Snapshot::load(file.as_bytes(), &policy()).unwrap()
+        Snapshot::load(file.as_bytes(), &policy(), 2).unwrap()
     }
 
     fn json(bytes: &Bytes) -> serde_json::Value {
@@ -233,7 +282,7 @@ mod tests {
 
     #[test]
     fn files_are_checked_like_the_filter_checks_answers() {
-        let refused = |file: &str| Snapshot::load(file.as_bytes(), &policy()).err().map(|e| e.0);
+        let refused = |file: &str| Snapshot::load(file.as_bytes(), &policy(), 2).err().map(|e| e.0);
         assert_eq!(
             refused(&format!(r#"{{"keys":[{},{}]}}"#, record("a", 1), record("a", 2))),
             Some("file.keys[1].id: duplicate key id 'a'".into())
@@ -245,7 +294,35 @@ mod tests {
         let snapshot = load(&[record("a", 1)], "");
         assert!(snapshot.version.starts_with("v."), "{}", snapshot.version);
         assert_eq!(snapshot.etag, format!("\"{}\"", snapshot.version));
-        assert_eq!(json(&snapshot.whole)["keys"][0]["id"], "a");
+        assert_eq!(json(&snapshot.first())["keys"][0]["id"], "a");
+    }
+
+    #[test]
+    fn large_sets_are_served_in_pages_of_one_version() {
+        let keys: Vec<String> = (1..=5).map(|n| record(&format!("k{n}"), n)).collect();
+        let v1 = load(&keys, r#""gone""#);
+        let (version, pages) = (v1.version.clone(), v1.pages.clone());
+        assert_eq!(pages.len(), 3);
+        let mut history = History::new(v1, 4);
+        let first = json(&pages[0]);
+        assert_eq!((first["keys"].as_array().unwrap().len(), &first["revoked"]), (2, &serde_json::json!(["gone"])));
+        let next = first["next"].as_str().unwrap().to_owned();
+        assert_eq!(next, format!("1.{version}"));
+        let (_, second) = history.page(&next).unwrap();
+        assert_eq!(json(&second)["keys"][0]["id"], "k3");
+        assert_eq!(json(&second)["revoked"], serde_json::json!([]));
+        let last = json(&history.page(&format!("2.{version}")).unwrap().1);
+        assert_eq!((last["keys"][0]["id"].as_str(), last.get("next")), (Some("k5"), None));
+        assert!(history.page(&format!("3.{version}")).is_none());
+        assert!(history.page("x").is_none());
+        // The set changed under the load: that version's pages while remembered.
+        history.push(load(&keys[..4], ""));
+        assert_eq!(json(&history.page(&next).unwrap().1)["version"], version.as_str());
+        let (current, first) = history.page("1.forgotten").unwrap();
+        assert_eq!(json(&first)["version"], current.version.as_str());
+        assert!(json(&first).get("next").is_some());
+        // An empty set is one page.
+        assert_eq!(load(&[], "").pages.len(), 1);
     }
 
     #[test]

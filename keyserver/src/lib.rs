@@ -12,8 +12,9 @@
 //!   waiting on one channel, so thousands cost little.
 //! - A filter holding a version among the last `--history` answers gets only
 //!   the changes since it (`{"version", "base", "changes"}`), unless the
-//!   whole set is smaller or the changes exceed the filter's ring slot; any
-//!   other filter gets the whole set.
+//!   whole set is smaller or the changes exceed 64 KiB; any other filter gets
+//!   the whole set, in pages of `--page-keys` keys (`GET <path>?page=<cursor>`
+//!   for the pages after the first).
 //! - The file is watched (inotify through `notify`, and a stat every second
 //!   for filesystems that miss events), so a change is served within
 //!   milliseconds of the write.
@@ -43,7 +44,8 @@ pub fn main(args: &[&str]) -> Result<(), Error> {
     let policy = policy(options.policy.as_deref())?;
     let file =
         std::fs::read(&options.file).map_err(|e| Error::File { path: options.file.clone(), why: e.to_string() })?;
-    let first = Snapshot::load(&file, &policy).map_err(|e| Error::File { path: options.file.clone(), why: e.0 })?;
+    let first = Snapshot::load(&file, &policy, options.page_keys)
+        .map_err(|e| Error::File { path: options.file.clone(), why: e.0 })?;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
     runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
@@ -61,7 +63,8 @@ pub fn main(args: &[&str]) -> Result<(), Error> {
             first.revoked
         );
         let (keys, revoked) = (first.keys, first.revoked);
-        let state = Arc::new(State::new(options.path.clone(), options.max_wait, History::new(first, options.history)));
+        let history = History::new(first, options.history);
+        let state = Arc::new(State::new(options.path.clone(), options.max_wait, options.page_keys, history));
         state.metrics.loaded(keys, revoked);
         let watcher = watch::start(options.file.clone(), file, policy, Arc::clone(&state));
         let stop = async {

@@ -102,7 +102,8 @@ async fn reload(file: &Path, policy: &Arc<Policy>, state: &State, last: &mut See
     last.digest = digest;
     // Parsing a large set takes milliseconds of CPU: off the async threads.
     let policy = Arc::clone(policy);
-    let loaded = tokio::task::spawn_blocking(move || Snapshot::load(&bytes, &policy)).await;
+    let page_keys = state.page_keys;
+    let loaded = tokio::task::spawn_blocking(move || Snapshot::load(&bytes, &policy, page_keys)).await;
     match loaded {
         Ok(Ok(snapshot)) => {
             let (version, keys, revoked) = (snapshot.version.clone(), snapshot.keys, snapshot.revoked);

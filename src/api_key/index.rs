@@ -432,6 +432,8 @@ pub struct Staged {
 /// or revoked id `revoked` not in it.
 struct IdEntry<'s> {
     shard: u32,
+    /// The key's place in the set (a revoked id alone: after every key).
+    at: usize,
     id: &'s str,
     key: Option<[u8; PREFIX]>,
     revoked: bool,
@@ -512,8 +514,11 @@ impl Staged {
         let hash = |i: usize| self.record(i).and_then(|r| r.get(..32)).unwrap_or_default();
         let mut order: Vec<(u32, usize)> = (0..self.starts.len()).map(|i| (key_shard(hash(i), bits), i)).collect();
         order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| hash(a.1).cmp(hash(b.1))));
-        if order.windows(2).any(|w| matches!(w, [a, b] if hash(a.1) == hash(b.1))) {
-            return Err(ConfigError::new("key set.keys", "duplicate hash"));
+        if let Some(at) = order.windows(2).find_map(|w| match w {
+            [a, b] if hash(a.1) == hash(b.1) => Some(a.1.max(b.1)),
+            _ => None,
+        }) {
+            return Err(ConfigError::new(format!("key set.keys[{at}].hash"), "duplicate hash"));
         }
         Ok(order)
     }
@@ -528,20 +533,30 @@ impl Staged {
             let id = record.id;
             entries.push(IdEntry {
                 shard: id_shard(id, bits),
+                at: i,
                 id,
                 key: Some(record.prefix()),
                 revoked: revoked.contains(id),
             });
         }
         entries.sort_unstable_by(|a, b| a.shard.cmp(&b.shard).then_with(|| a.id.cmp(b.id)));
-        if let Some(pair) = entries.windows(2).find(|w| matches!(w, [a, b] if a.id == b.id)) {
-            let id = pair.first().map_or("", |e| e.id);
-            return Err(ConfigError::new("key set.keys", format!("duplicate key id '{id}'")));
+        if let Some((at, id)) = entries.windows(2).find_map(|w| match w {
+            [a, b] if a.id == b.id => Some((a.at.max(b.at), a.id)),
+            _ => None,
+        }) {
+            return Err(ConfigError::new(format!("key set.keys[{at}].id"), format!("duplicate key id '{id}'")));
         }
         let keyed: HashSet<&str> = entries.iter().map(|e| e.id).collect();
         let mut alone: Vec<&str> = revoked.into_iter().filter(|id| !keyed.contains(id)).collect();
         alone.sort_unstable();
-        entries.extend(alone.into_iter().map(|id| IdEntry { shard: id_shard(id, bits), id, key: None, revoked: true }));
+        let at = self.starts.len();
+        entries.extend(alone.into_iter().map(|id| IdEntry {
+            shard: id_shard(id, bits),
+            at,
+            id,
+            key: None,
+            revoked: true,
+        }));
         entries.sort_by(|a, b| a.shard.cmp(&b.shard).then_with(|| a.id.cmp(b.id)));
         Ok(entries)
     }
@@ -862,7 +877,7 @@ mod tests {
         let twice = [record("k1", "a"), record("k1", "b")];
         let mut set = Staged::new("4");
         with_rules(|rules| set.add(&twice, &[], rules, "k")).unwrap();
-        assert_eq!(index.load(&set).unwrap_err().to_string(), "key set.keys: duplicate key id 'k1'");
+        assert_eq!(index.load(&set).unwrap_err().to_string(), "key set.keys[1].id: duplicate key id 'k1'");
         assert_eq!(index.header().version, "3");
     }
 

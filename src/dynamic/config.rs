@@ -33,8 +33,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Names this process as a fetch lease holder.
     holder: u64,
-    /// Fetches in flight: callout id → feed index.
-    pending: Mutex<HashMap<u64, (usize, u64)>>,
+    /// Fetches in flight: callout id → (feed index, when it started,
+    /// whether it asked for a page of a whole set).
+    pending: Mutex<HashMap<u64, (usize, u64, bool)>>,
 }
 
 pub struct Config {
@@ -137,13 +138,14 @@ impl Config {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
         let owned = worker.request_headers(feed, etag);
+        let page = worker.fetching_page(feed);
         let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let timeout_ms = u64::try_from(endpoint.call_timeout().as_millis()).unwrap_or(u64::MAX).max(1);
         let callout = Callout { cluster: &endpoint.cluster, headers: &headers, body: &[], timeout_ms };
         match envoy.callout(&callout) {
             Some(id) => {
                 if let Ok(mut pending) = self.shared.pending.lock() {
-                    pending.insert(id, (index, super::now_ns()));
+                    pending.insert(id, (index, super::now_ns(), page));
                 }
             }
             None => {
@@ -157,8 +159,16 @@ impl Config {
     /// straight back to the server.
     pub fn on_fetched(&self, envoy: &ConfigHandle, id: u64, answer: CalloutAnswer) {
         let pending = self.shared.pending.lock().ok().and_then(|mut pending| pending.remove(&id));
-        let (Some((index, started_ns)), Some(worker)) = (pending, workers::worker(&self.shared)) else { return };
+        let (Some((index, started_ns, page)), Some(worker)) = (pending, workers::worker(&self.shared)) else {
+            return;
+        };
         let Some(feed) = worker.feeds().get(index) else { return };
+        // A page asked for by the worker of an earlier configuration: its
+        // pages before are gone, so the load starts again.
+        if page && !worker.fetching_page(feed) {
+            self.settle(envoy, &worker, index, Outcome::Failed, None);
+            return;
+        }
         // No :status means the call failed (timeout, reset, no cluster).
         let status = if answer.ok { answer.header(":status").unwrap_or("none") } else { "none" }.to_owned();
         // RFC 7240: a server that held the call says so.

@@ -30,8 +30,9 @@ pub struct Root {
     metrics: Option<Rc<Metrics>>,
     /// Names this VM as a lease holder.
     holder: u64,
-    /// Fetches in flight: call token → (feed index, when it started).
-    pending: HashMap<u32, (usize, u64)>,
+    /// Fetches in flight: call token → (feed index, when it started,
+    /// whether it asked for a page of a whole set).
+    pending: HashMap<u32, (usize, u64, bool)>,
     signatures: Rc<EnvoySignatures>,
 }
 
@@ -40,10 +41,11 @@ impl Root {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
         let owned = worker.request_headers(feed, etag);
+        let page = worker.fetching_page(feed);
         let headers = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         match self.dispatch_http_call(&endpoint.cluster, headers, None, vec![], endpoint.call_timeout()) {
             Ok(token) => {
-                self.pending.insert(token, (index, super::now_ns()));
+                self.pending.insert(token, (index, super::now_ns(), page));
             }
             Err(status) => {
                 log::warn!("edge-auth: source {}: cannot call cluster {}: {status:?}", feed.id, endpoint.cluster);
@@ -87,9 +89,15 @@ impl Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some((index, started_ns)) = self.pending.remove(&token_id) else { return };
+        let Some((index, started_ns, page)) = self.pending.remove(&token_id) else { return };
         let Some(worker) = self.worker.clone() else { return };
         let Some(feed) = worker.feeds().get(index) else { return };
+        // A page asked for by the worker of an earlier configuration: its
+        // pages before are gone, so the load starts again.
+        if page && !worker.fetching_page(feed) {
+            self.settle(&worker, index, Outcome::Failed, None);
+            return;
+        }
         let headers = self.get_http_call_response_headers_bytes();
         let header =
             |name: &str| headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());

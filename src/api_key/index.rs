@@ -223,15 +223,15 @@ impl<'a> KeyIndex<'a> {
         let old = self.header();
         let bank = 1 - old.bank;
         let epoch = old.epoch.wrapping_add(1).max(1);
-        let count = set.starts.len().saturating_add(set.revoked.len());
+        let count = set.len().saturating_add(set.revoked.len());
         let bits = bits_for(count);
         let shards = 1u32 << bits;
         let keys = set.sorted_keys(bits)?;
-        let ids = set.sorted_ids(bits, &keys)?;
+        let ids = set.sorted_ids(bits)?;
         let failed = |_| ConfigError::new("key set", "shared data refused a write");
         let revoked: HashSet<&str> = set.revoked.iter().map(String::as_str).collect();
         let mut value = Vec::new();
-        let (mut at_key, mut at_id) = (keys.iter().peekable(), ids.iter().peekable());
+        let (mut at_key, mut at_id) = (keys.iter().peekable(), set.id_records(&ids).peekable());
         let high = old.high.get(usize::from(bank)).copied().unwrap_or(0).max(shards);
         for shard in 0..high {
             value.clear();
@@ -246,8 +246,8 @@ impl<'a> KeyIndex<'a> {
             }
             self.store.set(&self.shard_key(bank, Series::Keys, shard), &value, Cas::Any).map_err(failed)?;
             value.truncate(4);
-            while let Some(entry) = at_id.next_if(|e| e.shard == shard) {
-                entry.encode(&mut value);
+            while let Some((_, record)) = at_id.next_if(|(s, _)| *s == shard) {
+                record.encode(&mut value);
             }
             self.store.set(&self.shard_key(bank, Series::Ids, shard), &value, Cas::Any).map_err(failed)?;
         }
@@ -260,7 +260,7 @@ impl<'a> KeyIndex<'a> {
             bits,
             epoch,
             high: highs,
-            keys: u64::try_from(set.starts.len()).unwrap_or(u64::MAX),
+            keys: u64::try_from(set.len()).unwrap_or(u64::MAX),
             version: set.version.clone(),
         };
         self.store.set(&self.header_key(), &live.encode(), Cas::Any).map_err(failed)?;
@@ -417,66 +417,50 @@ pub struct Changes {
     unrevoke: Vec<String>,
 }
 
-/// A whole set on its way in (it may come in pages): records encoded one
-/// after another, and revoked ids.
+/// A whole set on its way in (it may come in pages): each page's records
+/// encoded one after another in a buffer of its own (a set growing page by
+/// page is never copied whole), and revoked ids. Only the fetching worker
+/// holds one, and only while it loads.
 #[derive(Debug, Default)]
 pub struct Staged {
     pub version: String,
-    pages: usize,
-    bytes: Vec<u8>,
-    starts: Vec<usize>,
+    chunks: Vec<Vec<u8>>,
+    /// Page and offset of each record, in order.
+    at: Vec<(u32, u32)>,
     revoked: Vec<String>,
-}
-
-/// One id record to write in a load: the key at `key` of the staged set,
-/// or revoked id `revoked` not in it.
-struct IdEntry<'s> {
-    shard: u32,
-    /// The key's place in the set (a revoked id alone: after every key).
-    at: usize,
-    id: &'s str,
-    key: Option<[u8; PREFIX]>,
-    revoked: bool,
-}
-
-impl IdEntry<'_> {
-    fn encode(&self, out: &mut Vec<u8>) {
-        IdRecord { id: self.id.to_owned(), revoked: self.revoked, key: self.key }.encode(out);
-    }
 }
 
 impl Staged {
     /// One page, empty so far.
     pub fn new(version: &str) -> Self {
-        Self { version: version.to_owned(), pages: 1, ..Self::default() }
+        Self { version: version.to_owned(), chunks: vec![Vec::new()], ..Self::default() }
     }
 
     /// Adds the records of the page after.
     pub fn append(&mut self, page: Staged) {
-        let base = self.bytes.len();
-        self.starts.extend(page.starts.iter().map(|start| start.saturating_add(base)));
-        self.bytes.extend(page.bytes);
+        let base = u32::try_from(self.chunks.len()).unwrap_or(u32::MAX);
+        self.at.extend(page.at.iter().map(|&(chunk, offset)| (chunk.saturating_add(base), offset)));
+        self.chunks.extend(page.chunks);
         self.revoked.extend(page.revoked);
-        self.pages = self.pages.saturating_add(page.pages);
     }
 
     pub fn pages(&self) -> usize {
-        self.pages
+        self.chunks.len()
     }
 
     /// Refuses a hash or a key id twice (across pages, [`KeyIndex::load`]
     /// checks again).
     pub fn check_unique(&self) -> Result<(), ConfigError> {
-        let keys = self.sorted_keys(0)?;
-        self.sorted_ids(0, &keys).map(|_| ())
+        self.sorted_keys(0)?;
+        self.sorted_ids(0).map(|_| ())
     }
 
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.at.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.at.is_empty()
     }
 
     /// Adds one page's records, each checked as a whole set's would be
@@ -488,11 +472,15 @@ impl Staged {
         rules: &RecordRules<'_>,
         path: &str,
     ) -> Result<(), ConfigError> {
+        let chunk = u32::try_from(self.chunks.len().saturating_sub(1)).unwrap_or(u32::MAX);
         for (i, record) in records.iter().enumerate() {
             let at = |field: &str| format!("{path}.keys[{i}].{field}");
             let key = compile_record(record, rules, &at)?;
-            self.starts.push(self.bytes.len());
-            self.bytes.extend(encode(&key, false, rules.plans).map_err(|e| ConfigError::new(at("id"), e.to_string()))?);
+            let encoded = encode(&key, false, rules.plans).map_err(|e| ConfigError::new(at("id"), e.to_string()))?;
+            let Some(bytes) = self.chunks.last_mut() else { return Err(ConfigError::new(path, "no page")) };
+            let offset = u32::try_from(bytes.len()).map_err(|_| ConfigError::new(path, "page too large"))?;
+            bytes.extend(encoded);
+            self.at.push((chunk, offset));
         }
         for (i, id) in revoked.iter().enumerate() {
             if id.is_empty() || id.len() > usize::from(u16::MAX) {
@@ -503,16 +491,25 @@ impl Staged {
         Ok(())
     }
 
-    fn record(&self, i: usize) -> Option<&[u8]> {
-        let start = *self.starts.get(i)?;
-        let end = self.starts.get(i + 1).copied().unwrap_or(self.bytes.len());
-        self.bytes.get(start..end)
+    fn record(&self, i: u32) -> Option<&[u8]> {
+        let i = usize::try_from(i).ok()?;
+        let &(chunk, start) = self.at.get(i)?;
+        let bytes = self.chunks.get(usize::try_from(chunk).ok()?)?;
+        let end = match self.at.get(i + 1) {
+            Some(&(next, end)) if next == chunk => usize::try_from(end).ok()?,
+            _ => bytes.len(),
+        };
+        bytes.get(usize::try_from(start).ok()?..end)
+    }
+
+    fn count(&self) -> u32 {
+        u32::try_from(self.at.len()).unwrap_or(u32::MAX)
     }
 
     /// (key shard, record index) in shard order, refusing a hash twice.
-    fn sorted_keys(&self, bits: u8) -> Result<Vec<(u32, usize)>, ConfigError> {
-        let hash = |i: usize| self.record(i).and_then(|r| r.get(..32)).unwrap_or_default();
-        let mut order: Vec<(u32, usize)> = (0..self.starts.len()).map(|i| (key_shard(hash(i), bits), i)).collect();
+    fn sorted_keys(&self, bits: u8) -> Result<Vec<(u32, u32)>, ConfigError> {
+        let hash = |i: u32| self.record(i).and_then(|r| r.get(..32)).unwrap_or_default();
+        let mut order: Vec<(u32, u32)> = (0..self.count()).map(|i| (key_shard(hash(i), bits), i)).collect();
         order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| hash(a.1).cmp(hash(b.1))));
         if let Some(at) = order.windows(2).find_map(|w| match w {
             [a, b] if hash(a.1) == hash(b.1) => Some(a.1.max(b.1)),
@@ -523,42 +520,48 @@ impl Staged {
         Ok(order)
     }
 
-    /// The id records of a load in shard order, refusing a key id twice;
-    /// revoked ids mark their key, or stand alone.
-    fn sorted_ids(&self, bits: u8, keys: &[(u32, usize)]) -> Result<Vec<IdEntry<'_>>, ConfigError> {
-        let revoked: HashSet<&str> = self.revoked.iter().map(String::as_str).collect();
-        let mut entries: Vec<IdEntry<'_>> = Vec::with_capacity(keys.len() + self.revoked.len());
-        for &(_, i) in keys {
-            let Some(record) = self.record(i).and_then(Record::parse) else { continue };
-            let id = record.id;
-            entries.push(IdEntry {
-                shard: id_shard(id, bits),
-                at: i,
-                id,
-                key: Some(record.prefix()),
-                revoked: revoked.contains(id),
-            });
+    /// The id of entry `i` of [`Staged::sorted_ids`]: a key's, or (past the
+    /// keys) a revoked id's.
+    fn id(&self, i: u32) -> &str {
+        match i.checked_sub(self.count()) {
+            None => self.record(i).and_then(Record::parse).map_or("", |r| r.id),
+            Some(r) => usize::try_from(r).ok().and_then(|r| self.revoked.get(r)).map_or("", String::as_str),
         }
-        entries.sort_unstable_by(|a, b| a.shard.cmp(&b.shard).then_with(|| a.id.cmp(b.id)));
-        if let Some((at, id)) = entries.windows(2).find_map(|w| match w {
-            [a, b] if a.id == b.id => Some((a.at.max(b.at), a.id)),
+    }
+
+    /// (id shard, entry) in shard and id order, keys before revoked ids of
+    /// the same id; refuses a key id twice.
+    fn sorted_ids(&self, bits: u8) -> Result<Vec<(u32, u32)>, ConfigError> {
+        let revoked = u32::try_from(self.revoked.len()).unwrap_or(u32::MAX);
+        let total = self.count().saturating_add(revoked);
+        let mut order: Vec<(u32, u32)> = (0..total).map(|i| (id_shard(self.id(i), bits), i)).collect();
+        order.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| self.id(a.1).cmp(self.id(b.1))).then(a.1.cmp(&b.1)));
+        let keys = self.count();
+        if let Some((at, id)) = order.windows(2).find_map(|w| match w {
+            [a, b] if b.1 < keys && self.id(a.1) == self.id(b.1) => Some((b.1, self.id(b.1))),
             _ => None,
         }) {
             return Err(ConfigError::new(format!("key set.keys[{at}].id"), format!("duplicate key id '{id}'")));
         }
-        let keyed: HashSet<&str> = entries.iter().map(|e| e.id).collect();
-        let mut alone: Vec<&str> = revoked.into_iter().filter(|id| !keyed.contains(id)).collect();
-        alone.sort_unstable();
-        let at = self.starts.len();
-        entries.extend(alone.into_iter().map(|id| IdEntry {
-            shard: id_shard(id, bits),
-            at,
-            id,
-            key: None,
-            revoked: true,
-        }));
-        entries.sort_by(|a, b| a.shard.cmp(&b.shard).then_with(|| a.id.cmp(b.id)));
-        Ok(entries)
+        Ok(order)
+    }
+
+    /// The id records of a load, from [`Staged::sorted_ids`]: one per id,
+    /// naming its key's hash prefix and whether any revoked id names it.
+    fn id_records<'s>(&'s self, sorted: &'s [(u32, u32)]) -> impl Iterator<Item = (u32, IdRecord)> + 's {
+        let keys = self.count();
+        let mut rest = sorted.iter().peekable();
+        std::iter::from_fn(move || {
+            let &(shard, first) = rest.next()?;
+            let id = self.id(first);
+            let key = (first < keys).then(|| self.record(first).and_then(Record::parse).map(|r| r.prefix())).flatten();
+            let mut revoked = first >= keys;
+            while let Some(&&(_, same)) = rest.peek().filter(|&&&(s, i)| s == shard && self.id(i) == id) {
+                revoked |= same >= keys;
+                rest.next();
+            }
+            Some((shard, IdRecord { id: id.to_owned(), revoked, key }))
+        })
     }
 
     pub fn revoked_len(&self) -> usize {

@@ -10,7 +10,10 @@ answers requests itself (no upstream). For each size and concurrency:
 - CPU µs per request: Envoy's user + system CPU (from /proc/<pid>/stat)
   over REQUESTS x-api-key requests with distinct keys drawn from the whole
   set, on several keep-alive connections, divided by REQUESTS;
-- revocation: from the server's change to the first 403 (median of a few).
+- revocation: from the server's change to the first 403 (median of a few);
+- resync: a new version sent whole (all pages again, the spare bank), from
+  the server's change to the first 200 for a key only it has; and the RSS
+  after it.
 
 Sizes and concurrencies can be narrowed: BENCH_SIZES=1000,100000
 BENCH_CONCURRENCY=2. EDGE_AUTH_BUILD=dynamic measures the native build.
@@ -149,7 +152,17 @@ def measure(size, all_records, concurrency):
                 server.revoke(f"key_{i}")
                 wait_status(conn, key(i), 403, 10)
                 revocations.append((time.monotonic() - started) * 1e3)
-            return rss_empty, rss, first_load, per_request, statistics.median(revocations)
+            # A full resync: a new version the server cannot send as changes.
+            extra = {"id": "key_extra", "hash": hmac.new(TEST_PEPPER.encode(), key(size).encode(),
+                                                       hashlib.sha256).hexdigest(), "org": "org_1", "account": "acme"}
+            time.sleep(0.3)
+            started = time.monotonic()
+            server.replace(all_records + [extra])
+            wait_status(conn, key(size), 200, 300)
+            resync = time.monotonic() - started
+            time.sleep(1.5)
+            rss_after = rss_mb(envoy.proc.pid)
+            return rss_empty, rss, first_load, per_request, statistics.median(revocations), resync, rss_after
         finally:
             envoy.stop()
     finally:
@@ -159,13 +172,14 @@ def measure(size, all_records, concurrency):
 def main():
     print(f"build {BUILD}; pages of {PAGE} keys; {REQUESTS} requests with distinct keys; a loaded 2-core machine")
     print(f"{'keys':>9} {'conc':>4} {'RSS empty MB':>12} {'RSS MB':>8} {'growth MB':>9} "
-          f"{'first load s':>12} {'CPU µs/req':>10} {'revoke ms':>9}")
+          f"{'first load s':>12} {'CPU µs/req':>10} {'revoke ms':>9} {'resync s':>8} {'RSS after MB':>12}")
     for size in SIZES:
         all_records = records(size)
         for concurrency in CONCURRENCY:
-            rss_empty, rss, first_load, per_request, revoke = measure(size, all_records, concurrency)
+            rss_empty, rss, first_load, per_request, revoke, resync, rss_after = measure(size, all_records, concurrency)
             print(f"{size:>9} {concurrency:>4} {rss_empty:>12.0f} {rss:>8.0f} {rss - rss_empty:>9.0f} "
-                  f"{first_load:>12.2f} {per_request:>10.1f} {revoke:>9.1f}", flush=True)
+                  f"{first_load:>12.2f} {per_request:>10.1f} {revoke:>9.1f} {resync:>8.2f} {rss_after:>12.0f}",
+                  flush=True)
 
 
 UPSTREAM = start_upstream()

@@ -1,6 +1,7 @@
 //! What a key set costs in shared data, by size: the fetching worker's
-//! whole load (parse, check, write both series of shards), one revocation
-//! applied by it, and one lookup by hash as any worker makes per request.
+//! whole load (parse its pages, check, write both series of shards), one
+//! revocation applied by it, and one lookup by hash as any worker makes per
+//! request.
 //! `cargo bench --bench apply`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
@@ -15,20 +16,33 @@ use std::time::{Duration, Instant};
 
 const CHANGES: u64 = 2_000;
 const LOOKUPS: u64 = 20_000;
+const PAGE: usize = 100_000;
 
 /// Hashes spread like real MACs: shards are cut on their first bits.
 fn hash(i: u64) -> String {
     format!("{:016x}{i:048x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
 }
 
-fn whole(keys: u64) -> Vec<u8> {
-    let records: Vec<String> = (0..keys)
-        .map(|i| {
-            let hash = hash(i);
-            format!(r#"{{"id":"key_{i}","hash":"{hash}","org":"org_1","account":"acme","scopes":["a:read"]}}"#)
+/// The whole set in pages of [`PAGE`] keys (an answer is at most 32 MiB).
+fn pages(keys: u64) -> Vec<Vec<u8>> {
+    let starts: Vec<u64> = (0..keys).step_by(PAGE).collect();
+    starts
+        .iter()
+        .map(|&start| {
+            let records: Vec<String> = (start..keys.min(start + PAGE as u64))
+                .map(|i| {
+                    let hash = hash(i);
+                    format!(r#"{{"id":"key_{i}","hash":"{hash}","org":"org_1","account":"acme","scopes":["a:read"]}}"#)
+                })
+                .collect();
+            let next = if start + (PAGE as u64) < keys {
+                format!(r#","next":"{}""#, start + PAGE as u64)
+            } else {
+                String::new()
+            };
+            format!(r#"{{"version":"0","keys":[{}]{next}}}"#, records.join(",")).into_bytes()
         })
-        .collect();
-    format!(r#"{{"version":"0","keys":[{}]}}"#, records.join(",")).into_bytes()
+        .collect()
 }
 
 fn main() {
@@ -42,10 +56,14 @@ fn main() {
         let store = MemoryStore::default();
         let shared = feed.shared(&store);
         let mut fetcher = Fetched::new(&feeds);
-        let body = whole(keys);
+        let pages = pages(keys);
         shared.try_lease(1, 1, refresh, lease).unwrap();
         let started = Instant::now();
-        let outcome = fetcher.assess(&policy, feed, ("200", Some(body), None), &store);
+        let mut outcome = Outcome::Page;
+        for page in pages {
+            fetcher.request_headers(feed, "");
+            outcome = fetcher.assess(&policy, feed, ("200", Some(page), None), &store);
+        }
         let load_ms = started.elapsed().as_secs_f64() * 1e3;
         assert!(matches!(outcome, Outcome::Applied { .. }));
         shared.finish(1, 1, refresh, outcome, Some(1));

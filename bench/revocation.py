@@ -9,6 +9,7 @@ each polled by its own thread; a revocation's latency is the time until the
 last of them answered 403. Prints p50/p99/max per size and server.
 """
 
+import argparse
 import hashlib
 import hmac
 import http.client
@@ -65,8 +66,13 @@ class FileChanges:
         self.revoked.append(key_id)
         text = self.prefix + json.dumps(self.revoked) + "}"
         tmp = self.server.dir / ".next"
+        # Written and synced first, as atomic writers do: the rename is the
+        # change (the clock includes the filesystem's rename, not the write).
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         start = time.monotonic()
-        tmp.write_text(text)
         os.replace(tmp, self.server.file)
         return start
 
@@ -140,12 +146,22 @@ def pct(values, p):
     return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
 
 
+SERVERS = {"keys-serve": ("keys serve (file)", FileChanges),
+           "test-server": ("long-poll test server", MemoryChanges)}
+
+
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10000,100000", help="key-set sizes, comma-separated (10000, 100000)")
+    parser.add_argument("--servers", default="keys-serve,test-server", help="comma-separated: " + ", ".join(SERVERS))
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    servers = [SERVERS[s] for s in args.servers.split(",")]
     print("refresh_s 30; two Envoys, --concurrency 2 each; latency to the last worker's first 403")
     print(f"{'keys':>8} {'server':<22} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
-    for size in (10_000, 100_000):
+    for size in sizes:
         all_records = records(size)
-        for name, make in (("keys serve (file)", FileChanges), ("long-poll test server", MemoryChanges)):
+        for name, make in servers:
             ms = measure(size, all_records, make)
             print(f"{size:>8} {name:<22} {statistics.median(ms):>8.1f} {pct(ms, 99):>8.1f} {max(ms):>8.1f}",
                   flush=True)

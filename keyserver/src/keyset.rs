@@ -1,253 +1,160 @@
-//! The key sets served: each version's whole answer, and what changed since
-//! the versions seen before it.
-//!
-//! A file is checked with the filter's own parser ([`edge_auth::fetched::parse`])
-//! under a policy's rules, so a file this server accepts is one every filter
-//! with that policy accepts. Its served version is the file's `version` and a
-//! digest of its content: an edit that forgets to change `version` still
-//! makes a new version, and changes are never computed between two different
-//! sets under one name.
+//! The versions served: the current one, whose whole answer is written
+//! once when first asked for, and a bounded history of earlier versions with
+//! what changed from each to the next, so a filter holding one of them gets
+//! only the changes since.
 
+use crate::answer;
+use crate::file::Content;
 use bytes::Bytes;
 use edge_auth::config::{KeyChangesDoc, KeyRecordDoc};
-use edge_auth::fetched::{self, Kind, Parsed};
-use edge_auth::policy::Policy;
 use edge_auth::remote::MAX_DELTA;
-use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-
-/// The key-set file: a key server's whole answer, `version` optional.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileDoc {
-    version: Option<String>,
-    keys: Vec<KeyRecordDoc>,
-    #[serde(default)]
-    revoked: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct WholeAnswer<'a> {
-    version: &'a str,
-    keys: &'a [KeyRecordDoc],
-    revoked: &'a [String],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    next: Option<String>,
-}
-
-#[derive(Serialize)]
-struct ChangesAnswer<'a> {
-    version: &'a str,
-    base: &'a str,
-    changes: &'a KeyChangesDoc,
-}
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// One version of the set.
 pub struct Snapshot {
     pub version: String,
     /// `"<version>"`: the filter sends it back as `If-None-Match`.
     pub etag: String,
-    /// The whole answer in pages (`{"version","keys","revoked","next"}`):
-    /// never empty; each but the last names the next.
-    pub pages: Vec<Bytes>,
-    /// The whole answer's size, were it one page.
-    whole_len: usize,
     pub keys: usize,
     pub revoked: usize,
-    records: HashMap<String, KeyRecordDoc>,
-    revoked_ids: BTreeSet<String>,
-    /// Changes answers from earlier versions, computed when first asked
-    /// (the version just before is computed at load); `None` when the whole
-    /// set is the better answer.
+    content: Arc<Content>,
+    /// The whole answer in pages, written once when first asked for.
+    pages: OnceLock<Vec<Bytes>>,
+    /// Changes answers from earlier versions, written when first asked for
+    /// (from the version just before: when this one is published), shared
+    /// by every filter asking; `None` when the whole set is the better answer.
     changes: Mutex<HashMap<String, Option<Bytes>>>,
 }
 
-/// Why a file was refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused(pub String);
-
 impl Snapshot {
-    /// Parses and checks a file's bytes; serves it in pages of at most
-    /// `page_keys` keys.
-    pub fn load(file: &[u8], policy: &Policy, page_keys: usize) -> Result<Self, Refused> {
-        let doc: FileDoc = serde_json::from_slice(file).map_err(|e| Refused(format!("not a key-set file: {e}")))?;
-        let content = serde_json::to_vec(&(&doc.keys, &doc.revoked)).map_err(|e| Refused(e.to_string()))?;
-        let digest: String = Sha256::digest(&content).iter().take(6).map(|b| format!("{b:02x}")).collect();
-        let version = match &doc.version {
-            Some(v) if !v.is_empty() => format!("{v}.{digest}"),
-            _ => digest,
-        };
-        if !version.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
-            return Err(Refused("version: visible ASCII without quotes or backslashes".into()));
-        }
-        let answer = WholeAnswer { version: &version, keys: &doc.keys, revoked: &doc.revoked, next: None };
-        let whole = serde_json::to_vec(&answer).map_err(|e| Refused(e.to_string()))?;
-        match fetched::parse(policy, Kind::Keys, &whole) {
-            Ok(Parsed::Keys { .. }) => {}
-            Ok(_) => return Err(Refused("not a whole key set".into())),
-            Err(e) => return Err(Refused(e.to_string().replacen("key set", "file", 1))),
-        }
-        let whole_len = whole.len();
-        drop(whole);
-        let pages = pages(&version, &doc.keys, &doc.revoked, page_keys)?;
-        let keys = doc.keys.len();
-        let revoked_ids: BTreeSet<String> = doc.revoked.into_iter().collect();
-        let records = doc.keys.into_iter().map(|r| (r.id.clone(), r)).collect();
-        Ok(Self {
+    pub fn new(version: String, content: Arc<Content>, keys: usize, revoked: usize) -> Self {
+        Self {
             etag: format!("\"{version}\""),
             version,
-            pages,
-            whole_len,
             keys,
-            revoked: revoked_ids.len(),
-            records,
-            revoked_ids,
+            revoked,
+            content,
+            pages: OnceLock::new(),
             changes: Mutex::default(),
-        })
-    }
-
-    /// What changed from `base` to this version.
-    /// The whole answer's first page.
-    pub fn first(&self) -> Bytes {
-        self.pages.first().cloned().unwrap_or_default()
-    }
-
-    fn diff(&self, base: &Snapshot) -> KeyChangesDoc {
-        let mut upsert: Vec<KeyRecordDoc> =
-            self.records.values().filter(|r| base.records.get(&r.id) != Some(*r)).cloned().collect();
-        upsert.sort_unstable_by(|a, b| a.id.cmp(&b.id));
-        let mut remove: Vec<String> =
-            base.records.keys().filter(|id| !self.records.contains_key(*id)).cloned().collect();
-        remove.sort_unstable();
-        KeyChangesDoc {
-            upsert,
-            remove,
-            revoke: self.revoked_ids.difference(&base.revoked_ids).cloned().collect(),
-            unrevoke: base.revoked_ids.difference(&self.revoked_ids).cloned().collect(),
         }
     }
 
-    /// The changes answer from `base`, if it is small (a large change is
-    /// cheaper to apply as a whole set) and smaller than the whole set.
-    fn changes_from(&self, base: &Snapshot) -> Option<Bytes> {
-        if let Ok(cached) = self.changes.lock() {
-            if let Some(answer) = cached.get(&base.version) {
-                return answer.clone();
-            }
-        }
-        let changes = self.diff(base);
-        let answer =
-            serde_json::to_vec(&ChangesAnswer { version: &self.version, base: &base.version, changes: &changes })
-                .ok()
-                .filter(|a| a.len() <= MAX_DELTA && a.len() < self.whole_len)
-                .map(Bytes::from);
-        if let Ok(mut cached) = self.changes.lock() {
-            cached.insert(base.version.clone(), answer.clone());
-        }
-        answer
+    /// Page `n` of the whole answer (`{"version","keys","revoked"}`, one
+    /// page when it fits) in pages of `page_keys` keys (the same
+    /// for the life of the process), written once.
+    pub fn page(&self, n: usize, page_keys: usize) -> Option<Bytes> {
+        let pages = self.pages.get_or_init(|| answer::pages(&self.version, &self.content, page_keys));
+        pages.get(n).cloned()
     }
-}
-
-/// The whole answer `{"version","keys","revoked"}` in pages of `page_keys`
-/// keys; every page but the last names the next (`<n>.<version>`), and the
-/// revoked ids travel with the first.
-fn pages(version: &str, keys: &[KeyRecordDoc], revoked: &[String], page_keys: usize) -> Result<Vec<Bytes>, Refused> {
-    let chunks: Vec<&[KeyRecordDoc]> =
-        if keys.is_empty() { vec![keys] } else { keys.chunks(page_keys.max(1)).collect() };
-    let count = chunks.len();
-    chunks
-        .into_iter()
-        .enumerate()
-        .map(|(n, keys)| {
-            let revoked = if n == 0 { revoked } else { &[] };
-            let next = (n + 1 < count).then(|| format!("{}.{version}", n + 1));
-            serde_json::to_vec(&WholeAnswer { version, keys, revoked, next }).map(Bytes::from)
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| Refused(e.to_string()))
 }
 
 /// What to answer a filter that holds a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    Whole(Bytes),
+    /// The whole set: [`Snapshot::page`] 0.
+    Whole,
     Changes(Bytes),
     NotModified,
 }
 
+/// An earlier version, and what turned it into the next one.
+struct Past {
+    version: String,
+    changes: KeyChangesDoc,
+}
+
 /// The current version and a bounded history of earlier ones.
 pub struct History {
-    versions: VecDeque<Arc<Snapshot>>,
+    current: Arc<Snapshot>,
+    past: VecDeque<Past>,
     limit: usize,
 }
 
 impl History {
     pub fn new(first: Snapshot, limit: usize) -> Self {
-        Self { versions: VecDeque::from([Arc::new(first)]), limit: limit.max(1) }
+        Self { current: Arc::new(first), past: VecDeque::new(), limit: limit.max(1) }
     }
 
     pub fn current(&self) -> Arc<Snapshot> {
-        // Never empty: built with one, and `push` only adds.
-        self.versions.back().cloned().unwrap_or_else(|| Arc::new(placeholder()))
+        Arc::clone(&self.current)
     }
 
-    /// Makes `next` current (unless it is the current set again); the
-    /// oldest version beyond the limit is forgotten. Returns whether it was new.
-    pub fn push(&mut self, next: Snapshot) -> bool {
-        let current = self.current();
-        if next.version == current.version {
+    /// Makes `next` current (unless it is the current set again), `changes`
+    /// being what turned the current set into it; the oldest version beyond
+    /// the limit is forgotten. Returns whether it was new.
+    pub fn push(&mut self, next: Snapshot, changes: KeyChangesDoc) -> bool {
+        if next.version == self.current.version {
             return false;
         }
-        // A filter long-polling on the version just replaced asks next.
-        let _ = next.changes_from(&current);
-        self.versions.push_back(Arc::new(next));
-        while self.versions.len() > self.limit {
-            self.versions.pop_front();
+        let previous = std::mem::replace(&mut self.current, Arc::new(next));
+        self.past.push_back(Past { version: previous.version.clone(), changes });
+        while self.past.len() >= self.limit {
+            self.past.pop_front();
         }
+        // Filters long-polling on the version just replaced ask next: their
+        // answer is written now, once for all of them.
+        let _ = self.changes_from(&previous.version);
         true
+    }
+
+    /// The page a cursor names (`<n>.<version>`) in pages of `page_keys`
+    /// keys: of the current version, or, for a version gone by, the current
+    /// version's first page (the filter sees another version and starts
+    /// again). `None`: no such page.
+    pub fn page(&self, cursor: &str, page_keys: usize) -> Option<(Arc<Snapshot>, Bytes)> {
+        let (n, version) = cursor.split_once('.')?;
+        let n: usize = if version == self.current.version { n.parse().ok()? } else { 0 };
+        let page = self.current.page(n, page_keys)?;
+        Some((self.current(), page))
     }
 
     /// The answer for a filter holding `held` (its `If-None-Match`).
     pub fn reply(&self, held: Option<&str>) -> (Arc<Snapshot>, Reply) {
-        let current = self.current();
-        let reply = match held.and_then(|v| self.versions.iter().find(|s| s.version == v)) {
-            Some(base) if base.version == current.version => Reply::NotModified,
-            Some(base) => current.changes_from(base).map_or_else(|| Reply::Whole(current.first()), Reply::Changes),
-            None => Reply::Whole(current.first()),
+        let reply = match held {
+            Some(v) if v == self.current.version => Reply::NotModified,
+            Some(v) => self.changes_from(v).map_or(Reply::Whole, Reply::Changes),
+            None => Reply::Whole,
         };
-        (current, reply)
+        (self.current(), reply)
     }
 
-    /// The page a cursor names (`<n>.<version>`): of that version while it
-    /// is remembered, else the current version's first page (the filter
-    /// sees another version and starts again). `None`: no such page.
-    pub fn page(&self, cursor: &str) -> Option<(Arc<Snapshot>, Bytes)> {
-        let (n, version) = cursor.split_once('.')?;
-        let n: usize = n.parse().ok()?;
-        match self.versions.iter().find(|s| s.version == version) {
-            Some(snapshot) => snapshot.pages.get(n).cloned().map(|page| (Arc::clone(snapshot), page)),
-            None => {
-                let current = self.current();
-                let first = current.first();
-                Some((current, first))
-            }
+    /// The changes answer from `base` to the current version, if `base` is
+    /// remembered and the answer is small (64 KiB) and smaller than
+    /// the whole set.
+    fn changes_from(&self, base: &str) -> Option<Bytes> {
+        let current = &self.current;
+        if let Some(answer) = current.changes.lock().ok()?.get(base) {
+            return answer.clone();
         }
+        let from = self.past.iter().position(|p| p.version == base)?;
+        let changes = compose(self.past.iter().skip(from).map(|p| &p.changes));
+        let answer = answer::changes(&current.version, base, &changes)
+            .filter(|a| a.len() <= MAX_DELTA && a.len() < answer::whole_len(&current.version, &current.content));
+        if let Ok(mut cached) = current.changes.lock() {
+            cached.insert(base.to_owned(), answer.clone());
+        }
+        answer
     }
 }
 
-fn placeholder() -> Snapshot {
-    Snapshot {
-        version: String::new(),
-        etag: String::new(),
-        pages: Vec::new(),
-        whole_len: 0,
-        keys: 0,
-        revoked: 0,
-        records: HashMap::new(),
-        revoked_ids: BTreeSet::new(),
-        changes: Mutex::default(),
+/// Successive changes as one: each key id touched ends upserted (with its
+/// last record) or removed, each revoked id touched ends revoked or not.
+fn compose<'a>(all: impl Iterator<Item = &'a KeyChangesDoc>) -> KeyChangesDoc {
+    let mut keys: BTreeMap<&str, Option<&KeyRecordDoc>> = BTreeMap::new();
+    let mut revoked: BTreeMap<&str, bool> = BTreeMap::new();
+    for changes in all {
+        keys.extend(changes.remove.iter().map(|id| (id.as_str(), None)));
+        keys.extend(changes.upsert.iter().map(|r| (r.id.as_str(), Some(r))));
+        revoked.extend(changes.revoke.iter().map(|id| (id.as_str(), true)));
+        revoked.extend(changes.unrevoke.iter().map(|id| (id.as_str(), false)));
+    }
+    let ids = |revoke: bool| revoked.iter().filter(|(_, r)| **r == revoke).map(|(id, _)| (*id).to_owned()).collect();
+    KeyChangesDoc {
+        upsert: keys.values().flatten().map(|r| (*r).clone()).collect(),
+        remove: keys.iter().filter(|(_, r)| r.is_none()).map(|(id, _)| (*id).to_owned()).collect(),
+        revoke: ids(true),
+        unrevoke: ids(false),
     }
 }
 
@@ -259,81 +166,47 @@ pub fn held_version(if_none_match: &str) -> Option<&str> {
 }
 
 #[cfg(test)]
-mod tests {
+pub mod tests {
     use super::*;
+    use crate::loader::{Loader, Next};
+    use edge_auth::policy::Policy;
     use edge_auth::testing::EveryVar;
 
-    fn policy() -> Policy {
+    pub fn policy() -> Policy {
         Policy::from_json(br#"{"api_keys":{}}"#, &EveryVar("pepper")).unwrap()
     }
 
-    fn record(id: &str, n: u8) -> String {
+    pub fn record(id: &str, n: u8) -> String {
         format!(r#"{{"id":"{id}","hash":"{}","org":"o","account":"acme"}}"#, format!("{n:02x}").repeat(32))
     }
 
-    fn load(keys: &[String], revoked: &str) -> Snapshot {
-        let file = format!(r#"{{"version":"v","keys":[{}],"revoked":[{revoked}]}}"#, keys.join(","));
-        Snapshot::load(file.as_bytes(), &policy(), 2).unwrap()
+    pub fn file(keys: &[String], revoked: &str) -> Bytes {
+        Bytes::from(format!(r#"{{"version":"v","keys":[{}],"revoked":[{revoked}]}}"#, keys.join(",")))
     }
 
-    fn json(bytes: &Bytes) -> serde_json::Value {
+    pub fn json(bytes: &Bytes) -> serde_json::Value {
         serde_json::from_slice(bytes).unwrap()
     }
 
-    #[test]
-    fn files_are_checked_like_the_filter_checks_answers() {
-        let refused = |file: &str| Snapshot::load(file.as_bytes(), &policy(), 2).err().map(|e| e.0);
-        assert_eq!(
-            refused(&format!(r#"{{"keys":[{},{}]}}"#, record("a", 1), record("a", 2))),
-            Some("file.keys[1].id: duplicate key id 'a'".into())
-        );
-        assert!(refused(r#"{"keys":[{"id":"a"}]}"#).unwrap().starts_with("not a key-set file"));
-        assert!(refused(&format!(r#"{{"keys":[{}],"extra":1}}"#, record("a", 1))).is_some());
-        let plan = record("a", 1).replace(r#""org""#, r#""plan":"gold","org""#);
-        assert_eq!(refused(&format!(r#"{{"keys":[{plan}]}}"#)), Some("file.keys[0].plan: unknown plan 'gold'".into()));
-        let snapshot = load(&[record("a", 1)], "");
-        assert!(snapshot.version.starts_with("v."), "{}", snapshot.version);
-        assert_eq!(snapshot.etag, format!("\"{}\"", snapshot.version));
-        assert_eq!(json(&snapshot.first())["keys"][0]["id"], "a");
-    }
-
-    #[test]
-    fn large_sets_are_served_in_pages_of_one_version() {
-        let keys: Vec<String> = (1..=5).map(|n| record(&format!("k{n}"), n)).collect();
-        let v1 = load(&keys, r#""gone""#);
-        let (version, pages) = (v1.version.clone(), v1.pages.clone());
-        assert_eq!(pages.len(), 3);
-        let mut history = History::new(v1, 4);
-        let first = json(&pages[0]);
-        assert_eq!((first["keys"].as_array().unwrap().len(), &first["revoked"]), (2, &serde_json::json!(["gone"])));
-        let next = first["next"].as_str().unwrap().to_owned();
-        assert_eq!(next, format!("1.{version}"));
-        let (_, second) = history.page(&next).unwrap();
-        assert_eq!(json(&second)["keys"][0]["id"], "k3");
-        assert_eq!(json(&second)["revoked"], serde_json::json!([]));
-        let last = json(&history.page(&format!("2.{version}")).unwrap().1);
-        assert_eq!((last["keys"][0]["id"].as_str(), last.get("next")), (Some("k5"), None));
-        assert!(history.page(&format!("3.{version}")).is_none());
-        assert!(history.page("x").is_none());
-        // The set changed under the load: that version's pages while remembered.
-        history.push(load(&keys[..4], ""));
-        assert_eq!(json(&history.page(&next).unwrap().1)["version"], version.as_str());
-        let (current, first) = history.page("1.forgotten").unwrap();
-        assert_eq!(json(&first)["version"], current.version.as_str());
-        assert!(json(&first).get("next").is_some());
-        // An empty set is one page.
-        assert_eq!(load(&[], "").pages.len(), 1);
+    fn push(history: &mut History, loader: &mut Loader, keys: &[String], revoked: &str) -> bool {
+        let Next { snapshot, changes, .. } = loader.load(file(keys, revoked)).unwrap();
+        history.push(snapshot, changes)
     }
 
     #[test]
     fn holders_of_a_known_version_get_only_the_changes() {
-        let v1 = load(&[record("a", 1), record("b", 2)], "");
+        let mut loader = Loader::new(policy());
+        let v1 = loader.load(file(&[record("a", 1), record("b", 2)], "")).unwrap().snapshot;
         let first = v1.version.clone();
         let mut history = History::new(v1, 4);
         assert_eq!(history.reply(Some(&first)).1, Reply::NotModified);
-        assert!(matches!(history.reply(None).1, Reply::Whole(_)));
-        assert!(!history.push(load(&[record("a", 1), record("b", 2)], "")), "same set, same version");
-        assert!(history.push(load(&[record("a", 1), record("c", 3)], r#""a""#)));
+        let (current, reply) = history.reply(None);
+        assert_eq!(reply, Reply::Whole);
+        let whole = json(&current.page(0, 1000).unwrap());
+        assert_eq!((whole["version"].as_str(), whole["keys"][1]["id"].as_str()), (Some(first.as_str()), Some("b")));
+        assert_eq!(current.page(0, 1000).unwrap().len(), answer::whole_len(&current.version, &current.content));
+        assert!(!push(&mut history, &mut loader, &[record("a", 1), record("b", 2)], ""), "same set, same version");
+        assert!(push(&mut history, &mut loader, &[record("a", 1), record("c", 3)], r#""a""#));
         let (current, Reply::Changes(changes)) = history.reply(Some(&first)) else { panic!("no changes") };
         let changes = json(&changes);
         assert_eq!(changes["base"], first.as_str());
@@ -341,11 +214,62 @@ mod tests {
         assert_eq!(changes["changes"]["upsert"][0]["id"], "c");
         assert_eq!(changes["changes"]["remove"], serde_json::json!(["b"]));
         assert_eq!(changes["changes"]["revoke"], serde_json::json!(["a"]));
-        assert!(matches!(history.reply(Some("unknown")).1, Reply::Whole(_)), "a gap: the whole set");
+        assert_eq!(history.reply(Some("unknown")).1, Reply::Whole, "a gap: the whole set");
         for n in 4..9 {
-            history.push(load(&[record("a", 1), record("c", n)], ""));
+            push(&mut history, &mut loader, &[record("a", 1), record("c", n)], "");
         }
-        assert!(matches!(history.reply(Some(&first)).1, Reply::Whole(_)), "forgotten: the whole set");
+        assert_eq!(history.reply(Some(&first)).1, Reply::Whole, "forgotten: the whole set");
+    }
+
+    #[test]
+    fn changes_from_further_back_are_the_changes_composed() {
+        let mut loader = Loader::new(policy());
+        let keys: Vec<String> = (0..40).map(|n| record(&format!("k{n}"), n)).collect();
+        let v1 = loader.load(file(&keys, "")).unwrap().snapshot;
+        let first = v1.version.clone();
+        let mut history = History::new(v1, 8);
+        let mut next = keys.clone();
+        next[3] = record("k3", 200);
+        push(&mut history, &mut loader, &next, r#""k1""#);
+        next.remove(5);
+        push(&mut history, &mut loader, &next, r#""k2""#);
+        next[3] = record("k3", 201);
+        push(&mut history, &mut loader, &next, r#""k2""#);
+        let (_, Reply::Changes(changes)) = history.reply(Some(&first)) else { panic!("no changes") };
+        let changes = &json(&changes)["changes"];
+        assert_eq!(changes["upsert"].as_array().map(Vec::len), Some(1));
+        assert_eq!(changes["upsert"][0]["hash"], "c9".repeat(32), "the last record of k3");
+        assert_eq!(changes["remove"], serde_json::json!(["k5"]));
+        assert_eq!(changes["revoke"], serde_json::json!(["k2"]));
+        // k1 was revoked and unrevoked since: not revoked at the base either,
+        // so the unrevoke is idempotent.
+        assert_eq!(changes["unrevoke"], serde_json::json!(["k1"]));
+    }
+
+    #[test]
+    fn large_sets_are_served_in_pages_of_one_version() {
+        let mut loader = Loader::new(policy());
+        let keys: Vec<String> = (1..=5).map(|n| record(&format!("k{n}"), n)).collect();
+        let v1 = loader.load(file(&keys, r#""gone""#)).unwrap().snapshot;
+        let version = v1.version.clone();
+        let mut history = History::new(v1, 4);
+        let first = json(&history.current().page(0, 2).unwrap());
+        assert_eq!((first["keys"].as_array().unwrap().len(), &first["revoked"]), (2, &serde_json::json!(["gone"])));
+        let next = first["next"].as_str().unwrap().to_owned();
+        assert_eq!(next, format!("1.{version}"));
+        let second = json(&history.page(&next, 2).unwrap().1);
+        assert_eq!((second["keys"][0]["id"].as_str(), &second["revoked"]), (Some("k3"), &serde_json::json!([])));
+        let last = json(&history.page(&format!("2.{version}"), 2).unwrap().1);
+        assert_eq!((last["keys"][0]["id"].as_str(), last.get("next")), (Some("k5"), None));
+        assert!(history.page(&format!("3.{version}"), 2).is_none());
+        assert!(history.page("x", 2).is_none());
+        // The set changed under the load: the new version's first page.
+        push(&mut history, &mut loader, &keys[..4], "");
+        let (current, restart) = history.page(&next, 2).unwrap();
+        assert_eq!(json(&restart)["version"], current.version.as_str());
+        assert_eq!(json(&restart)["keys"][0]["id"], "k1");
+        // A set that fits one page is the whole answer.
+        assert_eq!(current.page(0, 10).unwrap(), current.page(0, 1000).unwrap());
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! `GET /v1/edge/keys`, with the protocol of `docs/key-server.md`.
 //!
 //! - The file is a key server's whole answer (`{"version", "keys",
-//!   "revoked"}`, `version` optional), checked with the filter's own parser;
+//!   "revoked"}`, `version` optional), checked with the filter's own rules;
 //!   an invalid file is refused (one log line, counted) and the last good
 //!   version stays served. The served version is the file's `version` and a
-//!   digest of the content; the `ETag` is that version, quoted.
+//!   digest of the content; the `ETag` is that version, quoted. A reload
+//!   costs one pass over the file plus work in proportion to the change.
 //! - `If-None-Match` naming the current version with `Prefer: wait=<s>` is
 //!   held until the set changes or the wait (capped by `--max-wait`) ends:
 //!   200 the moment it changes, 304 after the wait. Held polls are tasks
@@ -15,15 +16,18 @@
 //!   whole set is smaller or the changes exceed 64 KiB; any other filter gets
 //!   the whole set, in pages of `--page-keys` keys (`GET <path>?page=<cursor>`
 //!   for the pages after the first).
-//! - The file is watched (inotify through `notify`, and a stat every second
+//! - The file is watched (inotify through `notify`, and a stat every 250 ms
 //!   for filesystems that miss events), so a change is served within
 //!   milliseconds of the write.
 //! - `GET /metrics`: Prometheus text. SIGINT/SIGTERM: held polls answer 304
 //!   at once, connections drain (5 s at most).
 
+mod answer;
 mod args;
 mod error;
+mod file;
 mod keyset;
+mod loader;
 mod metrics;
 mod server;
 mod watch;
@@ -33,7 +37,8 @@ pub use error::Error;
 
 use edge_auth::config::Environment;
 use edge_auth::policy::Policy;
-use keyset::{History, Snapshot};
+use keyset::History;
+use loader::Loader;
 use server::State;
 use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
@@ -44,8 +49,8 @@ pub fn main(args: &[&str]) -> Result<(), Error> {
     let policy = policy(options.policy.as_deref())?;
     let file =
         std::fs::read(&options.file).map_err(|e| Error::File { path: options.file.clone(), why: e.to_string() })?;
-    let first = Snapshot::load(&file, &policy, options.page_keys)
-        .map_err(|e| Error::File { path: options.file.clone(), why: e.0 })?;
+    let mut loader = Loader::new(policy);
+    let first = loader.load(file.into()).map_err(|e| Error::File { path: options.file.clone(), why: e.0 })?.snapshot;
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().map_err(Error::Runtime)?;
     runtime.block_on(async {
         let mut interrupt = signal(SignalKind::interrupt()).map_err(Error::Runtime)?;
@@ -66,7 +71,7 @@ pub fn main(args: &[&str]) -> Result<(), Error> {
         let history = History::new(first, options.history);
         let state = Arc::new(State::new(options.path.clone(), options.max_wait, options.page_keys, history));
         state.metrics.loaded(keys, revoked);
-        let watcher = watch::start(options.file.clone(), file, policy, Arc::clone(&state));
+        let watcher = watch::start(options.file.clone(), loader, Arc::clone(&state));
         let stop = async {
             tokio::select! {
                 _ = interrupt.recv() => {}

@@ -4,6 +4,7 @@
 use crate::keyset::{held_version, History, Reply, Snapshot};
 use crate::metrics::{Metrics, Served};
 use bytes::Bytes;
+use edge_auth::config::KeyChangesDoc;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
@@ -53,10 +54,11 @@ impl State {
         self.history.lock().ok().map(|h| h.current())
     }
 
-    /// Makes `next` current; returns whether it was a new version.
-    pub fn publish(&self, next: Snapshot) -> bool {
+    /// Makes `next` current (`changes` turned the current set into it);
+    /// returns whether it was a new version.
+    pub fn publish(&self, next: Snapshot, changes: KeyChangesDoc) -> bool {
         let (keys, revoked) = (next.keys, next.revoked);
-        let new = self.history.lock().is_ok_and(|mut h| h.push(next));
+        let new = self.history.lock().is_ok_and(|mut h| h.push(next, changes));
         if new {
             self.metrics.loaded(keys, revoked);
             self.changed.send_modify(|n| *n = n.wrapping_add(1));
@@ -109,7 +111,7 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
         return plain(StatusCode::NOT_FOUND, &format!("not found; the key set is at {}\n", state.path));
     }
     if let Some(cursor) = request.uri().query().and_then(page_asked) {
-        let page = state.history.lock().ok().and_then(|h| h.page(&cursor));
+        let page = state.history.lock().ok().and_then(|h| h.page(&cursor, state.page_keys));
         let Some((snapshot, body)) = page else {
             return plain(StatusCode::BAD_REQUEST, "no such page\n");
         };
@@ -139,7 +141,8 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
     }
     let (snapshot, reply) = looked;
     let (status, body, served) = match reply {
-        Reply::Whole(body) => (StatusCode::OK, body, Served::Whole),
+        // Written outside the history's lock, once per version.
+        Reply::Whole => (StatusCode::OK, snapshot.page(0, state.page_keys).unwrap_or_default(), Served::Whole),
         Reply::Changes(body) => (StatusCode::OK, body, Served::Changes),
         Reply::NotModified => (StatusCode::NOT_MODIFIED, Bytes::new(), Served::NotModified),
     };
@@ -205,6 +208,62 @@ fn plain(status: StatusCode, text: &str) -> Response<Full<Bytes>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyset::tests::{file, json, policy, record};
+    use crate::loader::{Loader, Next};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A GET of the key set, as the filter sends it; the answer's status
+    /// line and body.
+    async fn get(addr: std::net::SocketAddr, etag: String) -> (String, Bytes) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let request = format!(
+            "GET /v1/edge/keys HTTP/1.1\r\nhost: k\r\nif-none-match: {etag}\r\nprefer: wait=30\r\nconnection: close\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).await.unwrap();
+        let text = String::from_utf8(answer).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        (head.lines().next().unwrap().to_owned(), Bytes::from(body.to_owned()))
+    }
+
+    #[tokio::test]
+    async fn a_held_long_poll_is_answered_with_the_change() {
+        let mut loader = Loader::new(policy());
+        let keys = [record("a", 1), record("b", 2)];
+        let first = loader.load(file(&keys, "")).unwrap().snapshot;
+        let etag = first.etag.clone();
+        let state =
+            Arc::new(State::new("/v1/edge/keys".into(), Duration::from_secs(30), 20_000, History::new(first, 4)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, Arc::clone(&state), async {
+            let _ = stopped.await;
+        }));
+        let polls: Vec<_> = (0..3).map(|_| tokio::spawn(get(addr, etag.clone()))).collect();
+        while state.metrics.render().contains("edge_auth_keyserver_waiting 0\n") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let Next { snapshot, changes, .. } = loader.load(file(&keys, r#""b""#)).unwrap();
+        let version = snapshot.version.clone();
+        assert!(state.publish(snapshot, changes));
+        for poll in polls {
+            let (status, body) = poll.await.unwrap();
+            assert_eq!(status, "HTTP/1.1 200 OK");
+            let body = json(&body);
+            assert_eq!(body["version"].as_str(), Some(&*version));
+            assert_eq!(body["changes"], serde_json::json!({"revoke": ["b"]}), "just the change");
+        }
+        // A drain answers held polls at once.
+        let held = tokio::spawn(get(addr, format!("\"{version}\"")));
+        while state.metrics.render().contains("edge_auth_keyserver_waiting 0\n") {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stop.send(());
+        assert_eq!(held.await.unwrap().0, "HTTP/1.1 304 Not Modified");
+        server.await.unwrap();
+    }
 
     #[test]
     fn prefer_wait() {

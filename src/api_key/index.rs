@@ -484,7 +484,8 @@ impl Staged {
         }
         for (i, id) in revoked.iter().enumerate() {
             if id.is_empty() || id.len() > usize::from(u16::MAX) {
-                return Err(ConfigError::new(format!("{path}.revoked[{i}]"), "empty or overlong key id"));
+                let why = if id.is_empty() { "empty key id" } else { "key id longer than 65535 bytes" };
+                return Err(ConfigError::new(format!("{path}.revoked[{i}]"), why));
             }
             self.revoked.push(id.clone());
         }

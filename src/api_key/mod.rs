@@ -152,8 +152,9 @@ pub struct RecordRules<'a> {
     pub plans: &'a Plans,
 }
 
-/// Known keys and revoked key ids: the policy's own (a fetched set lives in
-/// shared data, see [`KeyIndex`]).
+/// Known keys and revoked key ids: the policy's own, or a key server's copy
+/// (a fetched set lives in shared data, see [`KeyIndex`]). Takes changes
+/// entry by entry.
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<ApiKey>,
@@ -220,6 +221,82 @@ impl KeySet {
         self.by_id.insert(key.id.clone(), at);
         self.keys.push(key);
     }
+
+    /// Removes key `id`, moving the last key into its place.
+    fn remove(&mut self, id: &str) {
+        let Some(at) = self.by_id.remove(id) else { return };
+        let last = self.keys.len().saturating_sub(1);
+        if let Some(hash) = self.keys.get(at).map(|k| k.hash.index()) {
+            unindex(&mut self.by_hash, hash, at, None);
+        }
+        if at != last {
+            if let Some(moved) = self.keys.get(last) {
+                unindex(&mut self.by_hash, moved.hash.index(), last, Some(at));
+                self.by_id.insert(moved.id.clone(), at);
+            }
+        }
+        if at < self.keys.len() {
+            self.keys.swap_remove(at);
+        }
+    }
+
+    /// Compiles and checks `doc` against this set with the same rules as
+    /// [`KeySet::build`] (a key server keeping its own copy checks a new
+    /// file so). `path` names the changes in errors.
+    pub fn check(&self, doc: &KeyChangesDoc, rules: &RecordRules<'_>, path: &str) -> Result<SetChanges, ConfigError> {
+        let upsert = check_changes(doc, rules, path, |hash| self.find(hash).map(|k| k.id.clone()))?;
+        Ok(SetChanges {
+            upsert,
+            remove: doc.remove.clone(),
+            revoke: doc.revoke.clone(),
+            unrevoke: doc.unrevoke.clone(),
+        })
+    }
+
+    /// Applies checked changes, entry by entry.
+    pub fn apply(&mut self, changes: SetChanges) {
+        for id in &changes.remove {
+            self.remove(id);
+        }
+        for key in changes.upsert {
+            self.remove(&key.id);
+            self.insert(key);
+        }
+        for id in changes.revoke {
+            self.revoked.insert(id);
+        }
+        for id in &changes.unrevoke {
+            self.revoked.remove(id);
+        }
+    }
+}
+
+/// Checked changes to one [`KeySet`]: applying them cannot fail.
+#[derive(Debug)]
+pub struct SetChanges {
+    upsert: Vec<ApiKey>,
+    remove: Vec<String>,
+    revoke: Vec<String>,
+    unrevoke: Vec<String>,
+}
+
+/// Takes index `at` out of hash bucket `hash`, putting `to` in its place if given.
+fn unindex(by_hash: &mut HashMap<u64, Vec<usize>>, hash: u64, at: usize, to: Option<usize>) {
+    let Some(bucket) = by_hash.get_mut(&hash) else { return };
+    match (bucket.iter().position(|&i| i == at), to) {
+        (Some(slot), Some(to)) => {
+            if let Some(entry) = bucket.get_mut(slot) {
+                *entry = to;
+            }
+        }
+        (Some(slot), None) => {
+            bucket.swap_remove(slot);
+        }
+        (None, _) => {}
+    }
+    if bucket.is_empty() {
+        by_hash.remove(&hash);
+    }
 }
 
 /// Checks changes with the same rules as a whole set: the set they make
@@ -235,7 +312,8 @@ pub fn check_changes(
         let mut seen = HashSet::new();
         for (i, id) in list.iter().enumerate() {
             if id.is_empty() || id.len() > usize::from(u16::MAX) {
-                return Err(ConfigError::new(format!("{path}.{name}[{i}]"), "empty or overlong key id"));
+                let why = if id.is_empty() { "empty key id" } else { "key id longer than 65535 bytes" };
+                return Err(ConfigError::new(format!("{path}.{name}[{i}]"), why));
             }
             seen.insert(id.clone());
         }
@@ -398,6 +476,45 @@ mod tests {
         let mut bad = one;
         bad.org = "evil\r\nx-org-id: 1".into();
         assert!(build(&[bad]).unwrap_err().to_string().starts_with("api_keys.keys[0].org:"));
+    }
+
+    fn changes(doc: &str) -> KeyChangesDoc {
+        serde_json::from_str(doc).unwrap()
+    }
+
+    fn ids(set: &KeySet, hasher: &KeyHasher, keys: &[&str]) -> Vec<Option<String>> {
+        keys.iter().map(|k| set.find(&hasher.hash(k)).map(|key| key.id.clone())).collect()
+    }
+
+    #[test]
+    fn changes_apply_entry_by_entry() {
+        let hasher = KeyHasher::new(b"pepper").unwrap();
+        let plans = Plans::default();
+        let rules = RecordRules { account_ok: &|a| !a.is_empty(), plans: &plans };
+        let mut set =
+            build(&[record("k1", "one", &hasher), record("k2", "two", &hasher), record("k3", "three", &hasher)])
+                .unwrap();
+        let doc = KeyChangesDoc {
+            upsert: vec![record("k4", "four", &hasher), record("k2", "two-rotated", &hasher)],
+            remove: vec!["k1".into(), "nobody".into()],
+            revoke: vec!["k3".into()],
+            unrevoke: vec!["gone".into()],
+        };
+        let checked = set.check(&doc, &rules, "c").unwrap();
+        set.apply(checked);
+        let found = ids(&set, &hasher, &["one", "two", "two-rotated", "three", "four"]);
+        assert_eq!(found, [None, None, Some("k2".into()), Some("k3".into()), Some("k4".into())]);
+        assert_eq!(set.len(), 3);
+        assert!(set.is_revoked("k3") && !set.is_revoked("gone"));
+        // Removing the last and the first keys keeps every index right.
+        set.apply(set.check(&changes(r#"{"remove":["k4","k2"]}"#), &rules, "c").unwrap());
+        assert_eq!(ids(&set, &hasher, &["three", "four", "two-rotated"]), [Some("k3".into()), None, None]);
+        // A hash may move from a key this change replaces.
+        let mut moved = record("k5", "three", &hasher);
+        moved.org = "org_2".into();
+        let doc = KeyChangesDoc { upsert: vec![moved, record("k3", "new-three", &hasher)], ..KeyChangesDoc::default() };
+        set.apply(set.check(&doc, &rules, "c").unwrap());
+        assert_eq!(ids(&set, &hasher, &["three", "new-three"]), [Some("k5".into()), Some("k3".into())]);
     }
 
     #[test]

@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm dynamic cli venv toolchain run test lint unit e2e e2e-dynamic redis-tools bench bench-tools bench-fleet bench-envoy oci fuzz clean
+.PHONY: all wasm dynamic cli venv toolchain run test lint unit e2e e2e-dynamic redis-tools bench bench-tools bench-fleet bench-envoy bench-keys oci fuzz clean
 
 all: wasm cli
 
@@ -92,6 +92,13 @@ bench-envoy: wasm dynamic cli venv bench-tools
 	$(PYTHON) bench/jwt_in_envoy.py
 	$(PYTHON) bench/revocation.py
 	$(PYTHON) bench/webhook.py
+
+# Key sets at scale: Envoy RSS, CPU per request, first load and revocation
+# with 1,000 to 1,000,000 fetched keys at --concurrency 2 and 8, then the
+# host-side cost of a whole load, a change and a lookup.
+bench-keys: wasm cli venv
+	$(PYTHON) bench/key_scale.py
+	cargo bench --bench apply
 
 # Each fuzz target for FUZZ_SECONDS (nightly toolchain, cargo-fuzz). What the
 # fuzzers find worth keeping lands in fuzz/corpus/, which `make unit` replays.

@@ -15,7 +15,8 @@ PATH = "/v1/edge/keys"
 
 
 class KeysServe:
-    def __init__(self, records, revoked=(), port=None, directory=None):
+    def __init__(self, records, revoked=(), port=None, directory=None, args=()):
+        self.args = list(args)
         self.dir = Path(directory or tempfile.mkdtemp(prefix="edge-auth-keys-"))
         self.file = self.dir / "keyset.json"
         self.port = port or free_port()
@@ -31,7 +32,7 @@ class KeysServe:
 
     def start(self, timeout=20):
         self.proc = subprocess.Popen(
-            [str(CLI), "keys", "serve", "--file", str(self.file), "--listen", f"127.0.0.1:{self.port}"],
+            [str(CLI), "keys", "serve", "--file", str(self.file), "--listen", f"127.0.0.1:{self.port}", *self.args],
             stdout=subprocess.DEVNULL, stderr=open(self.log_path, "a"))
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -23,11 +23,20 @@ class LongPollServer(LoopbackServer):
         self.hits = []  # (monotonic time, If-None-Match or None, status)
         self.stopping = False
         self.log = {}  # version -> (base, changes) for one-entry changes, answered without a diff
+        self.page_keys = 0  # whole answers in pages of this many keys (0: one answer)
 
     def publish(self, records, revoked=()):
         with self.lock:
             self.version += 1
             self.sets[str(self.version)] = ({r["id"]: r for r in records}, set(revoked))
+            self.changed.notify_all()
+
+    def replace(self, records, revoked=()):
+        """Publishes a set with no history before it: every filter gets it whole."""
+        with self.lock:
+            self.version += 1
+            self.sets = {str(self.version): ({r["id"]: r for r in records}, set(revoked))}
+            self.log = {}
             self.changed.notify_all()
 
     def revoke(self, key_id):
@@ -80,7 +89,24 @@ class LongPollServer(LoopbackServer):
                 "unrevoke": sorted(old_revoked - revoked),
             }
             return 200, json.dumps({"version": current, "base": held, "changes": changes}).encode()
-        return 200, json.dumps({"version": current, "keys": list(keys.values()), "revoked": sorted(revoked)}).encode()
+        return self.page(current, 0)
+
+    def page(self, version, offset):
+        """(status, body) of the whole set's page from key `offset`; under the lock.
+        A cursor of a version gone by gets the current one's page: the filter starts again."""
+        keys, revoked = self.sets[str(self.version)]
+        version = str(self.version)
+        records = list(keys.values())
+        answer = {"version": version}
+        if self.page_keys and len(records) > self.page_keys:
+            answer["keys"] = records[offset:offset + self.page_keys]
+            if offset + self.page_keys < len(records):
+                answer["next"] = f"{version}:{offset + self.page_keys}"
+        else:
+            answer["keys"] = records
+        if offset == 0:
+            answer["revoked"] = sorted(revoked)
+        return 200, json.dumps(answer).encode()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -89,6 +115,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         server = self.server
+        if "?page=" in self.path:
+            version, offset = self.path.split("?page=", 1)[1].replace("%3A", ":").split(":")
+            with server.lock:
+                status, body = server.page(version, int(offset))
+                server.hits.append((time.monotonic(), "page", status))
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
         tag = self.headers.get("if-none-match")
         held = tag.strip('"') if tag else None
         prefer = self.headers.get("prefer", "")

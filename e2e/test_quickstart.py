@@ -12,6 +12,8 @@ import urllib.request
 import pytest
 
 from harness import BUILD, ROOT, free_port, shipped_policy_text
+from key_server import add_cluster
+from keys_serve import KeysServe
 
 sys.path.insert(0, str(ROOT / "envoy"))
 import run_local  # noqa: E402
@@ -27,17 +29,33 @@ def access_log(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def demo(envoy_factory, access_log):
-    """The shipped demo policy, its secrets as make run gives them, and the
-    shipped access log written to a file."""
-    def to_file(config):
+def demo_keys():
+    """The demo key server, as make run starts it: until its set loads, an
+    unknown key is 503 (row 16), not 401."""
+    keyset = json.loads((ROOT / "envoy/keyset.json").read_text())
+    server = KeysServe(keyset["keys"], keyset["revoked"]).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def demo(envoy_factory, access_log, demo_keys):
+    """The shipped demo policy, its secrets as make run gives them, its key
+    server, and the shipped access log written to a file."""
+    def edit(config):
         hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
         hcm["access_log"][0]["typed_config"]["path"] = str(access_log)
+        add_cluster("keyserver", demo_keys.port)(config)
     os.environ["EDGE_AUTH_DEMO_JWT_SECRET"] = DEMO_JWT_SECRET
     try:
-        return envoy_factory(shipped_policy_text(), pepper=DEMO_PEPPER, edit=to_file)
+        envoy = envoy_factory(shipped_policy_text(), pepper=DEMO_PEPPER, edit=edit)
     finally:
         del os.environ["EDGE_AUTH_DEMO_JWT_SECRET"]
+    deadline = time.monotonic() + 10
+    while envoy.request("/v1/agents", [("x-api-key", run_local.SERVED_KEY)]).status != 200:
+        assert time.monotonic() < deadline, "the demo key set never loaded"
+        time.sleep(0.05)
+    return envoy
 
 
 def prometheus(envoy):
@@ -75,7 +93,8 @@ def test_denials_are_labelled_by_route_and_code_in_prometheus(demo):
     assert 'edge_auth_route_denied{route="default",code="missing_authentication"} 1' in text
     # The unlabelled per-code counters stay as they were.
     assert "\nedge_auth_denied_invalid_api_key{} 2\n" in text, [l for l in text.splitlines() if "edge_auth_denied" in l]
-    assert demo.wait_for_log("route=agents key=-") and "deny invalid_api_key" in demo.log()
+    lines = demo.wait_for_log("deny invalid_api_key").splitlines()
+    assert any("deny invalid_api_key" in line and "route=agents key=-" in line for line in lines)
 
 
 @WASM_ONLY
@@ -164,7 +183,12 @@ def test_make_run_applies_policy_edits_and_stops_cleanly(tmp_path, signum):
         assert "EDGE_AUTH_DEMO_JWT_SECRET: a demo value" in banner
         assert "not the demo pepper" in banner and "not-the-demo-pepper" not in banner
         assert DEMO_JWT_SECRET not in banner
-        assert run.get("/v1/agents", {"x-api-key": DEMO_KEY}) == 401
+        # 503 until keys serve's set loads (row 16), then the demo key under
+        # another pepper is simply unknown.
+        deadline = time.monotonic() + 10
+        while (status := run.get("/v1/agents", {"x-api-key": DEMO_KEY})) == 503 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert status == 401
         assert run.get("/api/accounts") == 200
 
         # An edit applies without a restart.

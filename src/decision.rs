@@ -5,10 +5,10 @@
 //! row 15), the fetched key sets and JWKS, and this worker's cache of verified
 //! tokens (filled here). Nothing else is written.
 
-use crate::api_key::{ApiKey, ApiKeys, KeySet};
+use crate::api_key::{ApiKey, ApiKeys, Held, KeyIndex, KeySet, Lookup, RecordRules};
 use crate::credential::{self, Credential, Malformed};
 use crate::denial::{Code, Denial};
-use crate::fetched::Fetched;
+use crate::fetched::{self, Fetched};
 use crate::jwt::{self, SignatureHost, TokenCache, TokenError, VerifiedToken};
 use crate::path::{self, MalformedPath};
 use crate::policy::Policy;
@@ -101,7 +101,7 @@ pub struct Decision<'p> {
     pub route: Option<usize>,
     pub verdict: Verdict<'p>,
     /// The key id once a key is known, for logs (never the key).
-    pub key_id: Option<&'p str>,
+    pub key_id: Option<Cow<'p, str>>,
     /// Why the credential was refused, when the code alone does not say.
     pub detail: Option<Detail>,
     /// The local rate-limit step, when the caller's plan has local buckets.
@@ -117,9 +117,9 @@ pub struct Decision<'p> {
 }
 
 /// A session token to issue: its parent key and expiry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant<'p> {
-    pub key_id: &'p str,
+    pub key_id: Cow<'p, str>,
     /// Unix seconds.
     pub expires_at: u64,
 }
@@ -201,16 +201,14 @@ where
         Ok(Some((credential, _))) => credential,
     };
     match credential {
-        Credential::ApiKey { key, prefix_account } => {
-            match check_api_key(policy, runtime.fetched, key, prefix_account, runtime.now_ns / NANOS) {
-                Ok(key) => admit_key(policy, on, key, CredentialKind::ApiKey, runtime),
-                Err((key, denial)) => Decision { key_id: key.map(|k| k.id.as_str()), ..on.deny(denial) },
-            }
-        }
-        Credential::Session(token) => match check_session(policy, runtime.fetched, token, runtime.now_ns / NANOS) {
+        Credential::ApiKey { key, prefix_account } => match check_api_key(policy, runtime, key, prefix_account) {
+            Ok(key) => admit_key(policy, on, key, CredentialKind::ApiKey, runtime),
+            Err((key_id, denial)) => Decision { key_id, ..on.deny(denial) },
+        },
+        Credential::Session(token) => match check_session(policy, runtime, token) {
             Ok(key) => admit_key(policy, on, key, CredentialKind::Session, runtime),
-            Err((key, denial, detail)) => {
-                Decision { key_id: key.map(|k| k.id.as_str()), detail: detail.map(Detail::Session), ..on.deny(denial) }
+            Err((key_id, denial, detail)) => {
+                Decision { key_id, detail: detail.map(Detail::Session), ..on.deny(denial) }
             }
         },
         Credential::Publishable => on.deny(Denial::with_message(
@@ -330,15 +328,48 @@ where
     Ok(account.to_owned())
 }
 
-type KeyResult<'p> = Result<&'p ApiKey, (Option<&'p ApiKey>, Denial)>;
+type KeyResult<'p> = Result<Cow<'p, ApiKey>, (Option<Cow<'p, str>>, Denial)>;
 
-/// Decision-table rows 3 and 5–7 for an API key.
+/// A key as found: the policy's own, or read from the fetched set (with
+/// whether the set revokes it).
+struct Found<'p> {
+    key: Cow<'p, ApiKey>,
+    revoked: bool,
+}
+
+/// Where a key is looked up: the fetched set first, then the policy's own.
+/// `None` when neither has it; row 16 when the fetched set could answer
+/// nothing (never loaded) and the key is not the policy's.
+fn find_key<'p>(
+    policy: &'p Policy,
+    api_keys: &'p ApiKeys,
+    runtime: &Runtime<'_, '_>,
+    remote: impl FnOnce(&KeyIndex<'_>, &RecordRules<'_>) -> Lookup,
+    inline: impl FnOnce(&'p KeySet) -> Option<&'p ApiKey>,
+) -> Result<Option<Found<'p>>, Denial> {
+    let index = runtime.fetched.keys(runtime.store);
+    let looked = index.as_ref().map(|index| fetched::with_rules(policy, |rules| remote(index, rules)));
+    if let Some(Lookup::Found(Held { key, revoked })) = looked {
+        return Ok(Some(Found { key: Cow::Owned(key), revoked }));
+    }
+    match (inline(&api_keys.inline), looked) {
+        // A revocation in the fetched set covers the policy's own keys too;
+        // a set not loaded yet revokes nothing.
+        (Some(key), _) => {
+            let revoked = index.as_ref().and_then(|index| index.is_revoked(&key.id)).unwrap_or(false);
+            Ok(Some(Found { key: Cow::Borrowed(key), revoked }))
+        }
+        (None, Some(Lookup::Unavailable)) => Err(Code::AuthUnavailable.into()),
+        (None, _) => Ok(None),
+    }
+}
+
+/// Decision-table rows 3, 5–7 and 16 for an API key.
 fn check_api_key<'p>(
     policy: &'p Policy,
-    fetched: &'p Fetched,
+    runtime: &Runtime<'_, '_>,
     key: &str,
     prefix_account: Option<&str>,
-    now_s: u64,
 ) -> KeyResult<'p> {
     if prefix_account.is_some_and(|account| !policy.accounts.is_valid(account)) {
         return Err((None, Code::InvalidAccount.into()));
@@ -346,36 +377,41 @@ fn check_api_key<'p>(
     let Some(api_keys) = &policy.api_keys else {
         return Err((None, Code::InvalidApiKey.into()));
     };
-    // Row 16: a key source that never loaded, and nothing inline to fall back on.
-    let remote = match fetched.keys() {
-        Ok(remote) => remote,
-        Err(_) if api_keys.inline.is_empty() => return Err((None, Code::AuthUnavailable.into())),
-        Err(_) => None,
-    };
     let hash = api_keys.hasher.hash(key);
-    let found = remote.and_then(|set| set.find(&hash)).or_else(|| api_keys.inline.find(&hash));
-    let Some(found) = found.filter(|k| prefix_account.is_none_or(|account| account == k.account)) else {
+    let found = find_key(policy, api_keys, runtime, |index, rules| index.find(&hash, rules), |set| set.find(&hash))
+        .map_err(|denial| (None, denial))?;
+    let Some(found) = found.filter(|f| prefix_account.is_none_or(|account| account == f.key.account)) else {
         return Err((None, Code::InvalidApiKey.into()));
     };
-    key_fate(api_keys, remote, found, now_s)
+    key_fate(api_keys, found, runtime.now_ns / NANOS)
 }
 
 /// Rows 6 and 7: a known key that has expired or been revoked.
-fn key_fate<'p>(api_keys: &ApiKeys, remote: Option<&KeySet>, found: &'p ApiKey, now_s: u64) -> KeyResult<'p> {
-    if found.expires_at.is_some_and(|at| now_s >= at) {
-        return Err((Some(found), Code::ExpiredApiKey.into()));
+fn key_fate<'p>(api_keys: &ApiKeys, found: Found<'p>, now_s: u64) -> KeyResult<'p> {
+    let Found { key, revoked } = found;
+    if key.expires_at.is_some_and(|at| now_s >= at) {
+        return Err((Some(key_id(&key)), Code::ExpiredApiKey.into()));
     }
-    if api_keys.inline.is_revoked(&found.id) || remote.is_some_and(|set| set.is_revoked(&found.id)) {
-        return Err((Some(found), Code::RevokedApiKey.into()));
+    if revoked || api_keys.inline.is_revoked(&key.id) {
+        return Err((Some(key_id(&key)), Code::RevokedApiKey.into()));
     }
-    Ok(found)
+    Ok(key)
 }
 
-type SessionResult<'p> = Result<&'p ApiKey, (Option<&'p ApiKey>, Denial, Option<SessionError>)>;
+/// A key's id, borrowed from the policy when the key is the policy's.
+fn key_id<'p>(key: &Cow<'p, ApiKey>) -> Cow<'p, str> {
+    match key {
+        Cow::Borrowed(key) => Cow::Borrowed(&key.id),
+        Cow::Owned(key) => Cow::Owned(key.id.clone()),
+    }
+}
+
+type SessionResult<'p> = Result<Cow<'p, ApiKey>, (Option<Cow<'p, str>>, Denial, Option<SessionError>)>;
 
 /// Rows 9 and 10 for a session token, then its parent key's rows 6 and 7:
 /// a session never outlives its key.
-fn check_session<'p>(policy: &'p Policy, fetched: &'p Fetched, token: &str, now_s: u64) -> SessionResult<'p> {
+fn check_session<'p>(policy: &'p Policy, runtime: &Runtime<'_, '_>, token: &str) -> SessionResult<'p> {
+    let now_s = runtime.now_ns / NANOS;
     let invalid = |why| (None, Denial::from(Code::InvalidToken), Some(why));
     let (Some(sessions), Some(api_keys)) = (&policy.sessions, &policy.api_keys) else {
         return Err(invalid(SessionError::Malformed));
@@ -384,15 +420,11 @@ fn check_session<'p>(policy: &'p Policy, fetched: &'p Fetched, token: &str, now_
         SessionError::Expired => (None, Denial::from(Code::ExpiredToken), Some(why)),
         _ => invalid(why),
     })?;
-    // Row 16: a key source that never loaded, and nothing inline to fall back on.
-    let remote = match fetched.keys() {
-        Ok(remote) => remote,
-        Err(_) if api_keys.inline.is_empty() => return Err((None, Code::AuthUnavailable.into(), None)),
-        Err(_) => None,
-    };
-    let found = remote.and_then(|set| set.find_id(&claims.key_id)).or_else(|| api_keys.inline.find_id(&claims.key_id));
+    let id = claims.key_id.as_str();
+    let found = find_key(policy, api_keys, runtime, |index, rules| index.find_id(id, rules), |set| set.find_id(id))
+        .map_err(|denial| (None, denial, None))?;
     let found = found.ok_or_else(|| invalid(SessionError::UnknownKey))?;
-    key_fate(api_keys, remote, found, now_s).map_err(|(key, denial)| (key, denial, None))
+    key_fate(api_keys, found, now_s).map_err(|(key, denial)| (key, denial, None))
 }
 
 /// Rows 12–15 for a verified key (presented, or behind a session), and the
@@ -400,21 +432,21 @@ fn check_session<'p>(policy: &'p Policy, fetched: &'p Fetched, token: &str, now_
 fn admit_key<'p>(
     policy: &'p Policy,
     on: Matched<'p>,
-    key: &'p ApiKey,
+    key: Cow<'p, ApiKey>,
     kind: CredentialKind,
     runtime: &Runtime<'_, '_>,
 ) -> Decision<'p> {
-    let plan = key.plan.or(policy.default_plan);
+    let (plan, expires_at, id) = (key.plan.or(policy.default_plan), key.expires_at, key_id(&key));
     let identity = Identity { kind, ..identity_of(key) };
-    let decision = admit(policy, on, identity, plan, || format!("k:{}", key.id), runtime);
+    let decision = admit(policy, on, identity, plan, || format!("k:{id}"), runtime);
     let issue = match (&decision.verdict, &policy.sessions) {
         (Verdict::Allow(_), Some(sessions)) if on.exchange => {
             let until = (runtime.now_ns / NANOS).saturating_add(sessions.ttl_s);
-            Some(Grant { key_id: &key.id, expires_at: key.expires_at.map_or(until, |at| at.min(until)) })
+            Some(Grant { key_id: id.clone(), expires_at: expires_at.map_or(until, |at| at.min(until)) })
         }
         _ => None,
     };
-    Decision { key_id: Some(key.id.as_str()), issue, ..decision }
+    Decision { key_id: Some(id), issue, ..decision }
 }
 
 /// A webhook route's headers: the signature header must be there and
@@ -496,13 +528,22 @@ fn admit<'p>(
     Decision { rate: result, global, ..on.decide(verdict) }
 }
 
-fn identity_of(key: &ApiKey) -> Identity<'_> {
-    Identity {
-        org: Some(Cow::Borrowed(&key.org)),
-        account: Some(Cow::Borrowed(&key.account)),
-        subject: Cow::Borrowed(&key.id),
-        scopes: Cow::Borrowed(&key.scopes_header),
-        kind: CredentialKind::ApiKey,
+fn identity_of(key: Cow<'_, ApiKey>) -> Identity<'_> {
+    match key {
+        Cow::Borrowed(key) => Identity {
+            org: Some(Cow::Borrowed(&key.org)),
+            account: Some(Cow::Borrowed(&key.account)),
+            subject: Cow::Borrowed(&key.id),
+            scopes: Cow::Borrowed(&key.scopes_header),
+            kind: CredentialKind::ApiKey,
+        },
+        Cow::Owned(key) => Identity {
+            org: Some(Cow::Owned(key.org)),
+            account: Some(Cow::Owned(key.account)),
+            subject: Cow::Owned(key.id),
+            scopes: Cow::Owned(key.scopes_header),
+            kind: CredentialKind::ApiKey,
+        },
     }
 }
 
@@ -614,7 +655,7 @@ mod tests {
         ] {
             let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
             let decision = run(&p, "/v1/anything", &headers);
-            assert_eq!(decision.key_id, Some("k_acme"));
+            assert_eq!(decision.key_id.as_deref(), Some("k_acme"));
             assert_eq!(
                 decision.verdict,
                 Verdict::Allow(Some(Identity {
@@ -667,7 +708,7 @@ mod tests {
         assert_eq!(code(&p, "/jwt-only", &[("x-api-key", "nope")]), Some("invalid_api_key"));
         // An expired key that is also revoked is reported expired (row 6 before 7).
         let d = run(&p, "/x", &[("authorization", "Bearer sk_live_acme_old")]);
-        assert_eq!(d.key_id, Some("k_old"));
+        assert_eq!(d.key_id.as_deref(), Some("k_old"));
     }
 
     #[test]
@@ -802,7 +843,7 @@ mod tests {
     fn opaque_bearer_keys_authenticate_when_enabled() {
         let p = session_policy();
         let d = at(&p, T0, "GET", "/x", "Bearer opaque-1");
-        assert_eq!(d.key_id, Some("k_1"));
+        assert_eq!(d.key_id.as_deref(), Some("k_1"));
         assert!(matches!(d.verdict, Verdict::Allow(Some(Identity { kind: CredentialKind::ApiKey, .. }))));
         assert_eq!(denied_code(&at(&p, T0, "GET", "/x", "Bearer opaque-nope")), Some("invalid_api_key"));
         // Off by default: the same header is malformed.
@@ -816,7 +857,7 @@ mod tests {
         assert!(token.starts_with("st_") && !token.contains("opaque-1"));
         assert_eq!(body["expires_at"], "2027-01-15T08:01:00Z");
         let d = at(&p, T0 + 59, "GET", "/browser/x", &bearer(&token));
-        assert_eq!(d.key_id, Some("k_1"));
+        assert_eq!(d.key_id.as_deref(), Some("k_1"));
         let Verdict::Allow(Some(identity)) = d.verdict else { panic!("{d:?}") };
         assert_eq!((identity.subject.as_ref(), identity.kind.as_str()), ("k_1", "session"));
         assert_eq!(denied_code(&at(&p, T0 + 60, "GET", "/browser/x", &bearer(&token))), Some("expired_token"));
@@ -853,5 +894,53 @@ mod tests {
             (denied_code(&d), d.detail),
             (Some("invalid_token"), Some(Detail::Session(SessionError::UnknownKey)))
         );
+    }
+
+    /// Row 16 and the fetched set: while the source never loaded, only the
+    /// policy's own keys pass; once loaded, its keys (and its revocations of
+    /// the policy's own) are read from shared data.
+    #[test]
+    fn fetched_keys_and_a_source_that_never_loaded() {
+        let json = format!(
+            r#"{{"api_keys": {{"opaque_bearer": true, "source": {{"cluster": "ks", "path": "/keys"}},
+                "keys": [{{"id":"k_1","hash":"{}","org":"o","account":"acme"}}]}},
+              "sessions": {{"path": "/api/session", "ttl_s": 60}}}}"#,
+            hash("opaque-1")
+        );
+        let p = parse(json.as_bytes(), &SESSION_ENV).unwrap();
+        let feeds = crate::fetched::feeds(&p);
+        let fetched = Fetched::new(&feeds);
+        let (store, tokens) = (MemoryStore::default(), RefCell::default());
+        let run = |auth: &str| {
+            let headers = vec![("authorization".to_owned(), auth.as_bytes().to_vec())];
+            let runtime = Runtime { fetched: &fetched, ..runtime(T0 * NANOS, &store, &tokens) };
+            let d = decide(&p, &Request { method: "GET", path: "/x", headers: &headers }, &runtime);
+            (denied_code(&d), d.key_id.map(Cow::into_owned))
+        };
+        let sessions = p.sessions.as_ref().unwrap();
+        let far = bearer(&sessions.issue("k_far", T0 + 60, [0; 12]).unwrap());
+        let near = bearer(&sessions.issue("k_1", T0 + 60, [0; 12]).unwrap());
+        assert_eq!(run("Bearer opaque-1"), (None, Some("k_1".into())));
+        assert_eq!(run("Bearer opaque-far"), (Some("auth_unavailable"), None));
+        assert_eq!(run(&far), (Some("auth_unavailable"), None));
+        assert_eq!(run(&near), (None, Some("k_1".into())));
+
+        let mut set = crate::api_key::Staged::new("1");
+        let far_record = crate::config::KeyRecordDoc {
+            id: "k_far".into(),
+            hash: hash("opaque-far"),
+            org: "o".into(),
+            account: "acme".into(),
+            scopes: vec!["s".into()],
+            plan: None,
+            expires_at: None,
+        };
+        crate::fetched::with_rules(&p, |rules| set.add(&[far_record], &["k_1".into()], rules, "k")).unwrap();
+        feeds[0].index(&store).load(&set).unwrap();
+        assert_eq!(run("Bearer opaque-far"), (None, Some("k_far".into())));
+        assert_eq!(run(&far), (None, Some("k_far".into())));
+        assert_eq!(run("Bearer opaque-1"), (Some("revoked_api_key"), Some("k_1".into())));
+        assert_eq!(run(&near), (Some("revoked_api_key"), Some("k_1".into())));
+        assert_eq!(run("Bearer opaque-nope"), (Some("invalid_api_key"), None));
     }
 }

@@ -71,7 +71,7 @@ struct SessionBody<'a> {
 /// The answer to `POST sessions.path`: a fresh token, never cached. No
 /// randomness for its nonce is the filter being unable to authenticate.
 fn issued(policy: &Policy, sessions: &Sessions, grant: &Grant<'_>, quota: Option<Quota>) -> Effects<'static> {
-    let token = session::nonce().and_then(|nonce| sessions.issue(grant.key_id, grant.expires_at, nonce));
+    let token = session::nonce().and_then(|nonce| sessions.issue(&grant.key_id, grant.expires_at, nonce));
     let Some(token) = token else {
         return denied(policy, &Code::AuthUnavailable.into(), quota);
     };

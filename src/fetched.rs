@@ -1,59 +1,47 @@
-//! A worker's view of the fetched documents: the key set and each provider's
-//! JWKS, brought up to date when the shared generation changes — by
-//! applying the changes published since the generation held, or by
-//! re-parsing the whole document when too far behind.
+//! A worker's view of the fetched documents. The key set lives once per
+//! process in shared data ([`KeyIndex`]): the fetching worker writes it,
+//! every worker reads it in place. Each provider's JWKS is small: workers
+//! hold their own parse, brought up to date when the shared generation
+//! changes.
 
-use crate::api_key::{KeySet, RecordRules};
+use crate::api_key::{KeyIndex, RecordRules, Staged};
 use crate::config::{ConfigError, JwkSetDoc, KeyChangesDoc, KeyRecordDoc};
 use crate::jwt::{verify_keys, VerifyKey};
 use crate::policy::Policy;
-use crate::remote::{Endpoint, Meta, Outcome, Published, SharedDocument, MAX_BODY};
+use crate::remote::{Endpoint, Outcome, Published, SharedDocument, MAX_BODY};
 use crate::store::SharedStore;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-/// What a key server answers: the whole set (`keys`, `revoked`), or what
-/// changed since the version the filter holds (`base`, `changes`).
+/// What a key server answers: the whole set (`keys`, `revoked`), perhaps
+/// one page of it (`next` names the page after), or what changed since the
+/// version the filter holds (`base`, `changes`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeySetAnswer {
     pub version: String,
     pub keys: Option<Vec<KeyRecordDoc>>,
     pub revoked: Option<Vec<String>>,
+    pub next: Option<String>,
     pub base: Option<String>,
     pub changes: Option<KeyChangesDoc>,
 }
 
-/// A changes-only answer, as written to the ring for other workers.
-#[derive(Serialize)]
-struct ChangesAnswer<'a> {
-    version: &'a str,
-    base: &'a str,
-    changes: &'a KeyChangesDoc,
-}
-
 /// An answer once parsed.
 pub enum Parsed {
-    /// A whole key set, validated, and the records it was built from.
+    /// A whole key set, or one page of it, its records checked.
     Keys {
         version: String,
-        keys: KeySet,
-        records: Vec<KeyRecordDoc>,
+        page: Staged,
+        next: Option<String>,
     },
     /// Changes, checked only for shape: records are checked against the
-    /// set they change ([`KeySet::check`]).
+    /// set they change ([`KeyIndex::check`]).
     Changes {
         version: String,
         base: String,
         changes: KeyChangesDoc,
     },
-    Jwks(Vec<VerifyKey>),
-}
-
-/// What a source holds once parsed.
-pub enum Document {
-    /// A key set and the server's name for it (`version`).
-    Keys(KeySet, String),
     Jwks(Vec<VerifyKey>),
 }
 
@@ -85,9 +73,14 @@ impl Feed {
         Self { id, kind, endpoint: endpoint.clone() }
     }
 
-    /// This feed's document in shared data.
+    /// This feed's fetch schedule (and, for a JWKS, its document) in shared data.
     pub fn shared<'a>(&self, store: &'a dyn SharedStore) -> SharedDocument<'a> {
         SharedDocument::new(store, &self.id)
+    }
+
+    /// This feed's key set in shared data.
+    pub fn index<'a>(&self, store: &'a dyn SharedStore) -> KeyIndex<'a> {
+        KeyIndex::new(store, &self.id)
     }
 }
 
@@ -109,12 +102,18 @@ pub fn parse(policy: &Policy, kind: Kind, body: &[u8]) -> Result<Parsed, ConfigE
             let answer: KeySetAnswer =
                 serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
                     .map_err(|e| ConfigError::new(format!("key set: {}", e.path()), e.into_inner().to_string()))?;
-            let KeySetAnswer { version, keys, revoked, base, changes } = answer;
+            let KeySetAnswer { version, keys, revoked, next, base, changes } = answer;
             match (keys, revoked, base, changes) {
                 (Some(records), revoked, None, None) => {
-                    let revoked = revoked.unwrap_or_default();
-                    let keys = with_rules(policy, |rules| KeySet::build(&records, &revoked, rules, "key set"))?;
-                    Ok(Parsed::Keys { version, keys, records })
+                    let mut page = Staged::new(&version);
+                    with_rules(policy, |rules| {
+                        page.add(&records, revoked.as_deref().unwrap_or_default(), rules, "key set")
+                    })?;
+                    page.check_unique()?;
+                    Ok(Parsed::Keys { version, page, next })
+                }
+                (None, None, Some(_), Some(_)) if next.is_some() => {
+                    Err(ConfigError::new("key set.next", "changes are never paged"))
                 }
                 (None, None, Some(base), Some(changes)) => Ok(Parsed::Changes { version, base, changes }),
                 (_, _, None, None) => Err(ConfigError::new("key set.keys", "missing field `keys`")),
@@ -134,114 +133,114 @@ pub fn parse(policy: &Policy, kind: Kind, body: &[u8]) -> Result<Parsed, ConfigE
 }
 
 /// Runs `f` with the rules the policy's records are checked against.
-fn with_rules<T>(policy: &Policy, f: impl FnOnce(&RecordRules<'_>) -> T) -> T {
+pub fn with_rules<T>(policy: &Policy, f: impl FnOnce(&RecordRules<'_>) -> T) -> T {
     f(&RecordRules { account_ok: &|a| policy.accounts.is_valid(a), plans: &policy.plans })
 }
 
-/// One feed as a worker last saw it.
+/// One JWKS feed as a worker last saw it.
 struct Loaded {
     feed: Feed,
     generation: u64,
-    document: Option<Document>,
+    keys: Option<Vec<VerifyKey>>,
 }
 
-impl Loaded {
-    /// Applies published changes in order; false (and left at the last one
-    /// applied) if one does not apply.
-    fn apply(&mut self, policy: &Policy, published: &[(u64, Vec<u8>)]) -> bool {
-        for (generation, bytes) in published {
-            let Some(Document::Keys(keys, version)) = &mut self.document else { return false };
-            let Ok(Parsed::Changes { version: next, changes, .. }) = parse(policy, Kind::Keys, bytes) else {
-                return false;
-            };
-            match with_rules(policy, |rules| keys.check(&changes, rules, "key set.changes")) {
-                Ok(checked) => keys.apply(checked),
-                Err(_) => return false,
-            }
-            *version = next;
-            self.generation = *generation;
-        }
-        true
-    }
-
-    /// Re-reads a whole document, then the changes after it. A body that
-    /// fails to parse here (it was valid when published) leaves the last one
-    /// in place. Returns whether a JWKS changed.
-    fn whole(&mut self, policy: &Policy, generation: u64, body: &[u8], then: &[(u64, Vec<u8>)]) -> bool {
-        self.generation = generation;
-        let document = match parse(policy, self.feed.kind, body) {
-            Ok(Parsed::Keys { version, keys, .. }) => Document::Keys(keys, version),
-            Ok(Parsed::Jwks(keys)) => Document::Jwks(keys),
-            Ok(Parsed::Changes { .. }) | Err(_) => return false,
-        };
-        let jwks = matches!(document, Document::Jwks(_));
-        self.document = Some(document);
-        self.apply(policy, then);
-        jwks
-    }
-
-    /// The key set held, if it is the one published at `generation`.
-    fn held_keys(&self, generation: u64) -> Option<(&KeySet, &str)> {
-        match &self.document {
-            Some(Document::Keys(keys, version)) if self.generation == generation => Some((keys, version)),
-            _ => None,
-        }
-    }
+/// The fetching worker's whole set on its way in, page by page.
+#[derive(Default)]
+enum Paging {
+    #[default]
+    Idle,
+    /// The next fetch asks for page `cursor`; `pages` holds those before it.
+    Next { cursor: String, pages: Staged, etag: Option<String> },
+    /// A page was fetched: its answer continues `pages`.
+    Fetching { pages: Staged, etag: Option<String> },
+    /// The set changed between pages: the next fetch asks for the first
+    /// page again, without `If-None-Match`.
+    Restart,
 }
 
 /// The fetched documents of one worker.
 pub struct Fetched {
-    loaded: Vec<Loaded>,
+    jwks: Vec<Loaded>,
+    keys: Option<Feed>,
+    paging: Paging,
 }
 
 impl Fetched {
     /// Nothing fetched and no sources (a policy without `source`s).
     pub const fn empty() -> Self {
-        Self { loaded: Vec::new() }
+        Self { jwks: Vec::new(), keys: None, paging: Paging::Idle }
     }
 
     /// Nothing loaded yet from `feeds`.
     pub fn new(feeds: &[Feed]) -> Self {
-        Self { loaded: feeds.iter().map(|feed| Loaded { feed: feed.clone(), generation: 0, document: None }).collect() }
+        let jwks = feeds
+            .iter()
+            .filter(|f| f.kind != Kind::Keys)
+            .map(|feed| Loaded { feed: feed.clone(), generation: 0, keys: None })
+            .collect();
+        Self { jwks, keys: feeds.iter().find(|f| f.kind == Kind::Keys).cloned(), paging: Paging::Idle }
     }
 
-    /// Brings every feed up to the generation published in shared data.
-    /// Returns whether a JWKS changed: tokens verified with a key that is
-    /// now gone must not outlive it in a cache.
-    pub fn sync(&mut self, policy: &Policy, store: &dyn SharedStore) -> bool {
-        let mut jwks_changed = false;
-        for loaded in &mut self.loaded {
-            let shared = loaded.feed.shared(store);
-            match shared.since(loaded.generation) {
-                Published::Current => {}
-                Published::Changes(changes) => {
-                    if !loaded.apply(policy, &changes) {
-                        if let Published::Whole { generation, body, then } = shared.since(0) {
-                            jwks_changed |= loaded.whole(policy, generation, &body, &then);
-                        }
-                    }
-                }
-                Published::Whole { generation, body, then } => {
-                    jwks_changed |= loaded.whole(policy, generation, &body, &then);
+    /// Brings every JWKS up to the generation published in shared data.
+    /// Returns whether one changed: tokens verified with a key that is now
+    /// gone must not outlive it in a cache.
+    pub fn sync(&mut self, store: &dyn SharedStore) -> bool {
+        let mut changed = false;
+        for loaded in &mut self.jwks {
+            let Published::Whole { generation, body } = loaded.feed.shared(store).since(loaded.generation) else {
+                continue;
+            };
+            loaded.generation = generation;
+            // A body that fails to parse here (it was valid when published)
+            // leaves the last one in place.
+            if let Ok(set) = serde_json::from_slice::<JwkSetDoc>(&body) {
+                if let Ok(keys) = verify_keys(&set, "jwks", None) {
+                    loaded.keys = Some(keys);
+                    changed = true;
                 }
             }
         }
-        jwks_changed
+        changed
     }
 
-    /// Judges what `feed`'s server answered (`status` is `none` when the
-    /// call itself failed), logging why an answer is not used. This worker
-    /// must be in sync first: changes are placed on the set it holds, and a
-    /// whole set is published with what differs from it.
+    /// The request headers of `feed`'s next fetch: the next page of a
+    /// whole set on its way in, or an ordinary fetch (`If-None-Match` with
+    /// `etag`, a long poll).
+    pub fn request_headers(&mut self, feed: &Feed, etag: &str) -> Vec<(&'static str, String)> {
+        if feed.kind != Kind::Keys {
+            return feed.endpoint.request_headers(etag);
+        }
+        match std::mem::take(&mut self.paging) {
+            Paging::Next { cursor, pages, etag } => {
+                let headers = feed.endpoint.page_headers(Some(&cursor));
+                self.paging = Paging::Fetching { pages, etag };
+                headers
+            }
+            Paging::Restart => feed.endpoint.page_headers(None),
+            Paging::Idle | Paging::Fetching { .. } => feed.endpoint.request_headers(etag),
+        }
+    }
+
+    /// Whether the answer awaited is a page of a whole set (it goes back
+    /// to a long poll once in, as a changed set would).
+    pub fn fetching_page(&self, feed: &Feed) -> bool {
+        feed.kind == Kind::Keys && matches!(self.paging, Paging::Fetching { .. })
+    }
+
+    /// Takes what `feed`'s server answered (`status` is `none` when the
+    /// call itself failed), logging why an answer is not used. A key set is
+    /// written into shared data here, by this worker alone (it holds the
+    /// fetch lease); a JWKS is published by the caller.
     pub fn assess(
-        &self,
+        &mut self,
         policy: &Policy,
         feed: &Feed,
-        status: &str,
-        body: Option<Vec<u8>>,
-        etag: Option<String>,
-        meta: &Meta,
+        answer: (&str, Option<Vec<u8>>, Option<String>),
+        store: &dyn SharedStore,
     ) -> Outcome {
+        let (status, body, etag) = answer;
+        // A key set's pages so far belong to this answer only.
+        let pages = if feed.kind == Kind::Keys { std::mem::take(&mut self.paging) } else { Paging::Idle };
         let body = match (status, body) {
             ("304", _) => return Outcome::Unchanged,
             ("200", Some(body)) if body.len() <= MAX_BODY => body,
@@ -250,53 +249,48 @@ impl Fetched {
                 return Outcome::Failed;
             }
         };
-        let held = self.find(feed.kind).and_then(|l| l.held_keys(meta.generation));
         match parse(policy, feed.kind, &body) {
             Ok(Parsed::Jwks(keys)) => {
                 log::info!("edge-auth: source {}: JWKS with {} keys", feed.id, keys.len());
-                Outcome::Fresh { body, etag, changes: None }
+                Outcome::Fresh { body, etag }
             }
-            Ok(Parsed::Keys { version, keys, records }) => {
-                log::info!("edge-auth: source {}: key set version {version:?}, {} keys", feed.id, keys.len());
-                let Some((old, base)) = held else { return Outcome::Fresh { body, etag, changes: None } };
-                let changes = old.diff(&keys, &records);
-                if changes.is_empty() && version == base {
-                    let current = meta.body_generation == meta.generation && etag.as_deref().unwrap_or("") == meta.etag;
-                    return if current { Outcome::Unchanged } else { Outcome::Rebased { body, etag } };
-                }
-                let changes = serde_json::to_vec(&ChangesAnswer { version: &version, base, changes: &changes }).ok();
-                Outcome::Fresh { body, etag, changes }
-            }
-            Ok(Parsed::Changes { version, base, changes }) => match held {
-                Some((old, held)) if held == base => match with_rules(policy, |r| {
-                    old.check(&changes, r, "key set.changes")
-                }) {
-                    Ok(_) => {
-                        log::info!(
-                            "edge-auth: source {}: key set version {version:?} (changes on {base:?}: {} upserted, \
-                             {} removed, {} revoked, {} unrevoked)",
-                            feed.id,
-                            changes.upsert.len(),
-                            changes.remove.len(),
-                            changes.revoke.len(),
-                            changes.unrevoke.len()
-                        );
-                        Outcome::Changes { changes: body, etag, base: meta.generation }
-                    }
-                    Err(err) => {
-                        log::warn!("edge-auth: source {}: invalid changes, keeping the last good set: {err}", feed.id);
-                        Outcome::Failed
-                    }
-                },
-                _ => {
-                    let held = held.map_or("nothing", |(_, v)| v);
+            Ok(Parsed::Keys { version, page, next }) => self.whole(feed, pages, (version, page, next), etag, store),
+            Ok(Parsed::Changes { version, base, changes }) => {
+                let index = feed.index(store);
+                let held = index.header();
+                if !held.loaded() || held.version != base {
+                    let held = if held.loaded() { held.version.as_str() } else { "nothing" };
                     log::warn!(
                         "edge-auth: source {}: changes on version {base:?} but {held:?} is held; asking for the whole set",
                         feed.id
                     );
-                    Outcome::Resync
+                    return Outcome::Resync;
                 }
-            },
+                let checked = match with_rules(policy, |r| index.check(&changes, r, "key set.changes")) {
+                    Ok(checked) => checked,
+                    Err(err) => {
+                        log::warn!("edge-auth: source {}: invalid changes, keeping the last good set: {err}", feed.id);
+                        return Outcome::Failed;
+                    }
+                };
+                if index.apply(&checked, &version).is_err() {
+                    log::warn!(
+                        "edge-auth: source {}: shared data refused the changes; asking for the whole set",
+                        feed.id
+                    );
+                    return Outcome::Resync;
+                }
+                log::info!(
+                    "edge-auth: source {}: key set version {version:?} (changes on {base:?}: {} upserted, \
+                     {} removed, {} revoked, {} unrevoked)",
+                    feed.id,
+                    changes.upsert.len(),
+                    changes.remove.len(),
+                    changes.revoke.len(),
+                    changes.unrevoke.len()
+                );
+                Outcome::Applied { etag }
+            }
             Err(err) => {
                 log::warn!("edge-auth: source {}: invalid answer, keeping the last good one: {err}", feed.id);
                 Outcome::Failed
@@ -304,37 +298,81 @@ impl Fetched {
         }
     }
 
-    fn find(&self, kind: Kind) -> Option<&Loaded> {
-        self.loaded.iter().find(|l| l.feed.kind == kind)
+    /// A whole set, or one page of it: the next page is asked for, or the
+    /// set goes live once its last page is in.
+    fn whole(
+        &mut self,
+        feed: &Feed,
+        pages: Paging,
+        (version, page, next): (String, Staged, Option<String>),
+        etag: Option<String>,
+        store: &dyn SharedStore,
+    ) -> Outcome {
+        let (set, etag) = match pages {
+            Paging::Fetching { mut pages, etag: first } if pages.version == version => {
+                pages.append(page);
+                (pages, first)
+            }
+            Paging::Fetching { pages, .. } => {
+                log::warn!(
+                    "edge-auth: source {}: version {version:?} in a page of {:?}; starting again",
+                    feed.id,
+                    pages.version
+                );
+                self.paging = Paging::Restart;
+                return Outcome::Page;
+            }
+            Paging::Idle | Paging::Next { .. } | Paging::Restart => (page, etag),
+        };
+        if let Some(cursor) = next {
+            self.paging = Paging::Next { cursor, pages: set, etag };
+            return Outcome::Page;
+        }
+        let index = feed.index(store);
+        let held = index.header();
+        if held.loaded() && held.version == set.version && set.pages() == 1 {
+            return Outcome::Applied { etag };
+        }
+        match index.load(&set) {
+            Ok(live) => {
+                log::info!(
+                    "edge-auth: source {}: key set version {:?}, {} keys, {} revoked, {} pages",
+                    feed.id,
+                    live.version,
+                    live.keys,
+                    set.revoked_len(),
+                    set.pages()
+                );
+                Outcome::Applied { etag }
+            }
+            Err(err) => {
+                log::warn!("edge-auth: source {}: invalid answer, keeping the last good one: {err}", feed.id);
+                Outcome::Failed
+            }
+        }
     }
 
-    /// The fetched key set: `Err` if a source is configured and never loaded.
-    pub fn keys(&self) -> Result<Option<&KeySet>, NeverLoaded> {
-        match self.find(Kind::Keys) {
-            None => Ok(None),
-            Some(Loaded { document: Some(doc), .. }) => match doc {
-                Document::Keys(keys, _) => Ok(Some(keys)),
-                Document::Jwks(_) => Ok(None),
-            },
-            Some(_) => Err(NeverLoaded),
-        }
+    /// The fetched key set, if the policy has a source.
+    pub fn keys<'s>(&self, store: &'s dyn SharedStore) -> Option<KeyIndex<'s>> {
+        self.keys.as_ref().map(|feed| feed.index(store))
+    }
+
+    fn find(&self, n: usize) -> Option<&Loaded> {
+        self.jwks.iter().find(|l| l.feed.kind == Kind::Jwks(n))
     }
 
     /// Provider `n`'s fetched keys: `Err` if its source never loaded.
     pub fn jwks(&self, n: usize) -> Result<&[VerifyKey], NeverLoaded> {
-        match self.find(Kind::Jwks(n)) {
+        match self.find(n) {
             None => Ok(&[]),
-            Some(Loaded { document: Some(doc), .. }) => match doc {
-                Document::Jwks(keys) => Ok(keys),
-                Document::Keys(..) => Ok(&[]),
-            },
+            Some(Loaded { keys: Some(keys), .. }) => Ok(keys),
             Some(_) => Err(NeverLoaded),
         }
     }
 
     /// Provider `n`'s JWKS feed, if it has one.
     pub fn jwks_feed(&self, n: usize) -> Option<&Feed> {
-        self.find(Kind::Jwks(n)).map(|l| &l.feed)
+        self.find(n).map(|l| &l.feed)
     }
 }
 
@@ -345,7 +383,7 @@ pub struct NeverLoaded;
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api_key::KeyHasher;
+    use crate::api_key::{KeyHasher, Lookup};
     use crate::store::MemoryStore;
     use crate::testing::EveryVar;
     use std::time::Duration;
@@ -361,62 +399,71 @@ mod tests {
         format!(r#"{{"id":"{id}","hash":"{hash}","org":"o","account":"acme"}}"#)
     }
 
-    /// One fetch by `fetcher`: its answer assessed and published.
+    /// One fetch by `fetcher`: its answer taken and published.
     fn fetch(policy: &Policy, fetcher: &mut Fetched, store: &MemoryStore, body: &str, etag: &str) -> Outcome {
-        fetcher.sync(policy, store);
         let feed = feeds(policy).remove(0);
         let shared = feed.shared(store);
         let now = T0 + shared.meta().generation;
         shared.try_lease(1, now, Duration::from_secs(1), Duration::from_secs(30));
-        let outcome = fetcher.assess(policy, &feed, "200", Some(body.into()), Some(etag.into()), &shared.meta());
-        shared.finish(1, now, Duration::from_secs(1), outcome.clone(), Some(now));
+        let outcome = fetcher.assess(policy, &feed, ("200", Some(body.into()), Some(etag.into())), store);
+        if outcome != Outcome::Page {
+            shared.finish(1, now, Duration::from_secs(1), outcome.clone(), Some(now));
+        }
         outcome
     }
 
-    fn state(fetched: &Fetched, ids: &[&str]) -> Vec<(bool, bool)> {
+    /// (known, revoked) for each key, as any worker reads the shared set.
+    fn state(policy: &Policy, store: &MemoryStore, ids: &[&str]) -> Vec<(bool, bool)> {
         let hasher = KeyHasher::new(b"pepper").unwrap();
-        let keys = fetched.keys().unwrap().unwrap();
-        ids.iter().map(|id| (keys.find(&hasher.hash(id)).is_some(), keys.is_revoked(id))).collect()
+        let index = Fetched::new(&feeds(policy)).keys(store).unwrap();
+        ids.iter()
+            .map(|id| match with_rules(policy, |rules| index.find(&hasher.hash(id), rules)) {
+                Lookup::Found(held) => (true, held.revoked),
+                Lookup::Missing => (false, index.is_revoked(id).unwrap()),
+                Lookup::Unavailable => panic!("not loaded"),
+            })
+            .collect()
     }
 
     #[test]
-    fn changes_reach_every_worker_without_a_whole_re_read() {
+    fn changes_reach_every_worker_through_shared_data() {
         let policy = policy();
         let store = MemoryStore::default();
-        let feeds = feeds(&policy);
-        let (mut fetcher, mut worker) = (Fetched::new(&feeds), Fetched::new(&feeds));
+        let mut fetcher = Fetched::new(&feeds(&policy));
+        let hasher = KeyHasher::new(b"pepper").unwrap();
+        let index = fetcher.keys(&store).unwrap();
+        assert_eq!(with_rules(&policy, |r| index.find(&hasher.hash("a"), r)), Lookup::Unavailable, "never loaded");
         let whole = format!(r#"{{"version":"1","keys":[{},{}]}}"#, record("a"), record("b"));
-        assert!(matches!(fetch(&policy, &mut fetcher, &store, &whole, "\"1\""), Outcome::Fresh { changes: None, .. }));
-        worker.sync(&policy, &store);
-        assert_eq!(state(&worker, &["a", "b", "c"]), [(true, false), (true, false), (false, false)]);
+        assert_eq!(
+            fetch(&policy, &mut fetcher, &store, &whole, "\"1\""),
+            Outcome::Applied { etag: Some("\"1\"".into()) }
+        );
+        assert_eq!(state(&policy, &store, &["a", "b", "c"]), [(true, false), (true, false), (false, false)]);
 
         let delta = format!(r#"{{"version":"2","base":"1","changes":{{"upsert":[{}],"revoke":["a"]}}}}"#, record("c"));
-        assert!(matches!(fetch(&policy, &mut fetcher, &store, &delta, "\"2\""), Outcome::Changes { base: 1, .. }));
-        let feed = &feeds[0];
-        assert!(matches!(feed.shared(&store).since(1), Published::Changes(_)), "one slot to apply");
-        worker.sync(&policy, &store);
-        assert_eq!(state(&worker, &["a", "b", "c"]), [(true, true), (true, false), (true, false)]);
+        assert!(matches!(fetch(&policy, &mut fetcher, &store, &delta, "\"2\""), Outcome::Applied { .. }));
+        assert_eq!(state(&policy, &store, &["a", "b", "c"]), [(true, true), (true, false), (true, false)]);
+        assert_eq!(index.header().version, "2");
+        assert_eq!(index.header().keys, 3);
 
-        // A whole set from a polling server travels as its difference too.
-        let whole = format!(r#"{{"version":"3","keys":[{},{}],"revoked":["a"]}}"#, record("a"), record("c"));
-        let Outcome::Fresh { changes: Some(changes), .. } = fetch(&policy, &mut fetcher, &store, &whole, "\"3\"")
-        else {
-            panic!("no changes")
-        };
-        assert!(changes.len() < 100, "{}", String::from_utf8_lossy(&changes));
-        worker.sync(&policy, &store);
-        assert_eq!(state(&worker, &["a", "b", "c"]), [(true, true), (false, false), (true, false)]);
-        // The same set again publishes nothing.
-        assert_eq!(fetch(&policy, &mut fetcher, &store, &whole, "\"3\""), Outcome::Unchanged);
-
-        // A late joiner reads the whole body, then the changes after it.
-        let mut late = Fetched::new(&feeds);
-        late.sync(&policy, &store);
-        assert_eq!(state(&late, &["a", "b", "c"]), [(true, true), (false, false), (true, false)]);
+        // A whole set from a polling server replaces the set at once.
+        let whole = format!(r#"{{"version":"3","keys":[{},{}],"revoked":["a","z"]}}"#, record("a"), record("c"));
+        assert!(matches!(fetch(&policy, &mut fetcher, &store, &whole, "\"3\""), Outcome::Applied { .. }));
+        assert_eq!(
+            state(&policy, &store, &["a", "b", "c", "z"]),
+            [(true, true), (false, false), (true, false), (false, true)]
+        );
+        let meta = feeds(&policy)[0].shared(&store).meta();
+        assert_eq!((meta.generation, meta.etag.as_str()), (3, "\"3\""), "no whole body to refresh, ever");
+        // Unrevoking a key not in the set drops its record.
+        let delta = r#"{"version":"4","base":"3","changes":{"unrevoke":["z","a"],"remove":["c"]}}"#;
+        assert!(matches!(fetch(&policy, &mut fetcher, &store, delta, "\"4\""), Outcome::Applied { .. }));
+        assert_eq!(state(&policy, &store, &["a", "c", "z"]), [(true, false), (false, false), (false, false)]);
+        assert_eq!(index.header().keys, 1);
     }
 
     #[test]
-    fn bad_changes_keep_the_last_good_set() {
+    fn bad_answers_keep_the_last_good_set() {
         let policy = policy();
         let store = MemoryStore::default();
         let feeds = feeds(&policy);
@@ -431,8 +478,52 @@ mod tests {
         assert_eq!(feeds[0].shared(&store).meta().etag, "", "the next fetch asks for the whole set");
         let mixed = format!(r#"{{"version":"2","base":"1","keys":[{}],"changes":{{}}}}"#, record("a"));
         assert_eq!(fetch(&policy, &mut fetcher, &store, &mixed, "\"2\""), Outcome::Failed);
-        let mut worker = Fetched::new(&feeds);
-        worker.sync(&policy, &store);
-        assert_eq!(state(&worker, &["a"]), [(true, false)]);
+        let twice = format!(r#"{{"version":"2","keys":[{},{}]}}"#, record("b"), record("b"));
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &twice, "\"2\""), Outcome::Failed);
+        let paged_changes = r#"{"version":"2","base":"1","changes":{},"next":"x"}"#;
+        assert_eq!(fetch(&policy, &mut fetcher, &store, paged_changes, "\"2\""), Outcome::Failed);
+        assert_eq!(state(&policy, &store, &["a", "b"]), [(true, false), (false, false)]);
+    }
+
+    #[test]
+    fn a_paged_set_goes_live_after_its_last_page() {
+        let policy = policy();
+        let store = MemoryStore::default();
+        let feeds = feeds(&policy);
+        let feed = &feeds[0];
+        let mut fetcher = Fetched::new(&feeds);
+        let path = |f: &mut Fetched, etag: &str| {
+            let headers = f.request_headers(feed, etag);
+            let get = |name: &str| headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone());
+            (get(":path").unwrap(), get("if-none-match"), get("prefer").is_some())
+        };
+        assert_eq!(path(&mut fetcher, ""), ("/keys".to_owned(), None, true));
+        let first = format!(r#"{{"version":"1","keys":[{}],"next":"p 2"}}"#, record("a"));
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &first, "\"1\""), Outcome::Page);
+        assert!(!fetcher.keys(&store).unwrap().header().loaded(), "not live before its last page");
+        assert_eq!(path(&mut fetcher, "\"0\""), ("/keys?page=p%202".to_owned(), None, false));
+        let second = format!(r#"{{"version":"1","keys":[{}],"revoked":["a"],"next":"3"}}"#, record("b"));
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &second, ""), Outcome::Page);
+        path(&mut fetcher, "");
+        let last = format!(r#"{{"version":"1","keys":[{}]}}"#, record("c"));
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &last, ""), Outcome::Applied { etag: Some("\"1\"".into()) });
+        assert_eq!(state(&policy, &store, &["a", "b", "c"]), [(true, true), (true, false), (true, false)]);
+
+        // The set changed between pages: the first page again, whole.
+        let first = format!(r#"{{"version":"2","keys":[{}],"next":"2"}}"#, record("a"));
+        assert_eq!(path(&mut fetcher, "\"1\""), ("/keys".to_owned(), Some("\"1\"".to_owned()), true));
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &first, "\"2\""), Outcome::Page);
+        path(&mut fetcher, "");
+        let moved = format!(r#"{{"version":"3","keys":[{}]}}"#, record("d"));
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &moved, ""), Outcome::Page);
+        assert_eq!(path(&mut fetcher, "\"1\""), ("/keys".to_owned(), None, false));
+        // A key in two pages is refused when the set is complete.
+        let first = format!(r#"{{"version":"3","keys":[{}],"next":"2"}}"#, record("d"));
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &first, "\"3\""), Outcome::Page);
+        path(&mut fetcher, "");
+        assert_eq!(fetch(&policy, &mut fetcher, &store, &moved, ""), Outcome::Failed);
+        assert_eq!(fetcher.keys(&store).unwrap().header().version, "1");
+        // A failed page: the next fetch starts over.
+        assert_eq!(path(&mut fetcher, "\"1\""), ("/keys".to_owned(), Some("\"1\"".to_owned()), true));
     }
 }

@@ -6,7 +6,6 @@
 //! removes the headers [`Handled::spoofed`] names and applies
 //! [`Handled::effects`]. Nothing here knows which host it runs in.
 
-use crate::api_key::KeySet;
 use crate::config::Mode;
 use crate::decision::{decide, BodyCheck, Decision, Detail, Identity, Request, Runtime, Verdict};
 use crate::denial::{Code, Denial};
@@ -72,7 +71,7 @@ impl<'a> Caller<'a> {
         Self {
             org: identity.and_then(|i| i.org.as_deref()),
             account: identity.and_then(|i| i.account.as_deref()),
-            key_id: decision.key_id,
+            key_id: decision.key_id.as_deref(),
         }
     }
 }
@@ -130,22 +129,32 @@ impl Worker {
     /// verified with a key that is now gone must not outlive it in a cache,
     /// so a changed JWKS empties the token cache.
     pub fn sync(&self, store: &dyn SharedStore) {
-        if self.fetched.borrow_mut().sync(&self.policy, store) {
+        if self.fetched.borrow_mut().sync(store) {
             self.tokens.borrow_mut().clear();
         }
     }
 
-    /// Judges what `feed`'s server answered, against the documents this
-    /// worker holds (see [`Fetched::assess`]); syncs first.
+    /// Takes what `feed`'s server answered (see [`Fetched::assess`]).
     pub fn assess(&self, feed: &Feed, answer: Answer, store: &dyn SharedStore) -> Outcome {
-        self.sync(store);
-        let meta = feed.shared(store).meta();
-        self.fetched.borrow().assess(&self.policy, feed, answer.status, answer.body, answer.etag, &meta)
+        let answer = (answer.status, answer.body, answer.etag);
+        self.fetched.borrow_mut().assess(&self.policy, feed, answer, store)
+    }
+
+    /// Whether the answer awaited from `feed` is a page of a whole set
+    /// (see [`Fetched::fetching_page`]).
+    pub fn fetching_page(&self, feed: &Feed) -> bool {
+        self.fetched.borrow().fetching_page(feed)
+    }
+
+    /// The request headers of `feed`'s next fetch (see [`Fetched::request_headers`]).
+    pub fn request_headers(&self, feed: &Feed, etag: &str) -> Vec<(&'static str, String)> {
+        self.fetched.borrow_mut().request_headers(feed, etag)
     }
 
     /// Keys in the fetched key set, once loaded.
-    pub fn fetched_keys(&self) -> Option<usize> {
-        self.fetched.borrow().keys().ok().flatten().map(KeySet::len)
+    pub fn fetched_keys(&self, store: &dyn SharedStore) -> Option<u64> {
+        let header = self.fetched.borrow().keys(store)?.header();
+        header.loaded().then_some(header.keys)
     }
 
     /// Decides a request, counts and logs the decision, and says what to do.
@@ -202,7 +211,7 @@ impl Worker {
                     Verdict::Allow(_) => None,
                     Verdict::Deny(denial) => Some(denial),
                 };
-                self.record(denial, decision.route, decision.key_id, decision.detail, host);
+                self.record(denial, decision.route, decision.key_id.as_deref(), decision.detail, host);
                 if self.policy.access_log {
                     self.publish(denial, decision.route, &caller, host);
                 }

@@ -40,6 +40,43 @@ pub fn whole_len(version: &str, content: &Content) -> usize {
     head.len() + content.records_len() + tail.len()
 }
 
+/// The whole answer in pages of at most `page_keys` records: every page
+/// but the last names the next (`<n>.<version>`), and the revoked ids
+/// travel with the first. One page when the set fits in one.
+pub fn pages(version: &str, content: &Content, page_keys: usize) -> Vec<Bytes> {
+    let records: Vec<&[u8]> = content.records().collect();
+    if records.len() <= page_keys.max(1) {
+        return vec![whole(version, content)];
+    }
+    let chunks: Vec<&[&[u8]]> = records.chunks(page_keys.max(1)).collect();
+    let count = chunks.len();
+    let quoted = serde_json::to_string(version).unwrap_or_default();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(n, chunk)| {
+            let revoked =
+                if n == 0 { serde_json::to_string(&content.revoked).unwrap_or_default() } else { "[]".into() };
+            let next = if n + 1 < count {
+                format!(r#","next":{}"#, serde_json::to_string(&format!("{}.{version}", n + 1)).unwrap_or_default())
+            } else {
+                String::new()
+            };
+            let size: usize = chunk.iter().map(|r| r.len() + 1).sum();
+            let mut body = BytesMut::with_capacity(size + quoted.len() + revoked.len() + next.len() + 40);
+            body.put_slice(format!(r#"{{"version":{quoted},"keys":["#).as_bytes());
+            for (i, record) in chunk.iter().enumerate() {
+                if i > 0 {
+                    body.put_u8(b',');
+                }
+                body.put_slice(record);
+            }
+            body.put_slice(format!(r#"],"revoked":{revoked}{next}}}"#).as_bytes());
+            body.freeze()
+        })
+        .collect()
+}
+
 /// What comes before and after the records.
 fn frame(version: &str, content: &Content) -> (String, String) {
     // Strings always serialise.

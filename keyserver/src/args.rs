@@ -1,4 +1,4 @@
-//! `--file F --listen ADDR [--path P] [--policy FILE] [--max-wait S] [--history N]`.
+//! `--file F --listen ADDR [--path P] [--policy FILE] [--max-wait S] [--history N] [--page-keys N]`.
 
 use crate::Error;
 use std::net::SocketAddr;
@@ -17,12 +17,18 @@ pub struct Options {
     pub max_wait: Duration,
     /// Versions remembered for changes-only answers.
     pub history: usize,
+    /// Keys per page of a whole answer.
+    pub page_keys: usize,
 }
+
+/// Under the filter's 32 MiB per answer even with records of 1.5 KB.
+const PAGE_KEYS: usize = 20_000;
 
 impl Options {
     pub fn parse(args: &[&str]) -> Result<Self, Error> {
         let (mut file, mut listen, mut policy) = (None, None, None);
         let (mut path, mut max_wait, mut history) = ("/v1/edge/keys".to_owned(), Duration::from_secs(60), 64);
+        let mut page_keys = PAGE_KEYS;
         let mut rest = args.iter();
         while let Some(&flag) = rest.next() {
             let value = *rest.next().ok_or_else(|| Error::Usage(format!("{flag} needs a value")))?;
@@ -45,12 +51,13 @@ impl Options {
                 "--policy" => policy = Some(PathBuf::from(value)),
                 "--max-wait" => max_wait = Duration::from_secs(number(3600)?),
                 "--history" => history = usize::try_from(number(10_000)?).unwrap_or(64),
+                "--page-keys" => page_keys = usize::try_from(number(1_000_000)?).unwrap_or(PAGE_KEYS),
                 other => return Err(Error::Usage(format!("unknown option {other}"))),
             }
         }
         let file = file.ok_or_else(|| Error::Usage("--file is required".into()))?;
         let listen = listen.ok_or_else(|| Error::Usage("--listen is required".into()))?;
-        Ok(Self { file, listen, path, policy, max_wait, history })
+        Ok(Self { file, listen, path, policy, max_wait, history, page_keys })
     }
 }
 
@@ -62,6 +69,9 @@ mod tests {
     fn flags_and_mistakes() {
         let o = Options::parse(&["--file", "k.json", "--listen", "127.0.0.1:8081"]).unwrap();
         assert_eq!((o.path.as_str(), o.max_wait, o.history), ("/v1/edge/keys", Duration::from_secs(60), 64));
+        assert_eq!(o.page_keys, 20_000);
+        let o = Options::parse(&["--file", "k", "--listen", "127.0.0.1:1", "--page-keys", "500"]).unwrap();
+        assert_eq!(o.page_keys, 500);
         let o = Options::parse(&["--file", "k", "--listen", "[::1]:1", "--path", "/k", "--max-wait", "5"]).unwrap();
         assert_eq!((o.path.as_str(), o.max_wait), ("/k", Duration::from_secs(5)));
         let usage = |args: &[&str]| match Options::parse(args) {
@@ -73,6 +83,7 @@ mod tests {
         assert!(usage(&["--file", "k", "--listen", "x"]).contains("expected ip:port"));
         assert!(usage(&["--path", "/metrics"]).contains("other than /metrics"));
         assert!(usage(&["--max-wait", "0"]).contains("from 1 to 3600"));
+        assert!(usage(&["--page-keys", "0"]).contains("from 1 to 1000000"));
         assert_eq!(usage(&["--file"]), "--file needs a value");
     }
 }

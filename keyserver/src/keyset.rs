@@ -19,7 +19,8 @@ pub struct Snapshot {
     pub keys: usize,
     pub revoked: usize,
     content: Arc<Content>,
-    whole: OnceLock<Bytes>,
+    /// The whole answer in pages, written once when first asked for.
+    pages: OnceLock<Vec<Bytes>>,
     /// Changes answers from earlier versions, written when first asked for
     /// (from the version just before: when this one is published), shared
     /// by every filter asking; `None` when the whole set is the better answer.
@@ -34,21 +35,24 @@ impl Snapshot {
             keys,
             revoked,
             content,
-            whole: OnceLock::new(),
+            pages: OnceLock::new(),
             changes: Mutex::default(),
         }
     }
 
-    /// `{"version","keys","revoked"}`, written once.
-    pub fn whole(&self) -> Bytes {
-        self.whole.get_or_init(|| answer::whole(&self.version, &self.content)).clone()
+    /// Page `n` of the whole answer (`{"version","keys","revoked"}`, one
+    /// page when it fits) in pages of `page_keys` keys (the same
+    /// for the life of the process), written once.
+    pub fn page(&self, n: usize, page_keys: usize) -> Option<Bytes> {
+        let pages = self.pages.get_or_init(|| answer::pages(&self.version, &self.content, page_keys));
+        pages.get(n).cloned()
     }
 }
 
 /// What to answer a filter that holds a version.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Reply {
-    /// The whole set: [`Snapshot::whole`].
+    /// The whole set: [`Snapshot::page`] 0.
     Whole,
     Changes(Bytes),
     NotModified,
@@ -94,6 +98,17 @@ impl History {
         true
     }
 
+    /// The page a cursor names (`<n>.<version>`) in pages of `page_keys`
+    /// keys: of the current version, or, for a version gone by, the current
+    /// version's first page (the filter sees another version and starts
+    /// again). `None`: no such page.
+    pub fn page(&self, cursor: &str, page_keys: usize) -> Option<(Arc<Snapshot>, Bytes)> {
+        let (n, version) = cursor.split_once('.')?;
+        let n: usize = if version == self.current.version { n.parse().ok()? } else { 0 };
+        let page = self.current.page(n, page_keys)?;
+        Some((self.current(), page))
+    }
+
     /// The answer for a filter holding `held` (its `If-None-Match`).
     pub fn reply(&self, held: Option<&str>) -> (Arc<Snapshot>, Reply) {
         let reply = match held {
@@ -105,7 +120,7 @@ impl History {
     }
 
     /// The changes answer from `base` to the current version, if `base` is
-    /// remembered and the answer fits the filter's ring and is smaller than
+    /// remembered and the answer is small (64 KiB) and smaller than
     /// the whole set.
     fn changes_from(&self, base: &str) -> Option<Bytes> {
         let current = &self.current;
@@ -187,9 +202,9 @@ pub mod tests {
         assert_eq!(history.reply(Some(&first)).1, Reply::NotModified);
         let (current, reply) = history.reply(None);
         assert_eq!(reply, Reply::Whole);
-        let whole = json(&current.whole());
+        let whole = json(&current.page(0, 1000).unwrap());
         assert_eq!((whole["version"].as_str(), whole["keys"][1]["id"].as_str()), (Some(first.as_str()), Some("b")));
-        assert_eq!(current.whole().len(), answer::whole_len(&current.version, &current.content));
+        assert_eq!(current.page(0, 1000).unwrap().len(), answer::whole_len(&current.version, &current.content));
         assert!(!push(&mut history, &mut loader, &[record("a", 1), record("b", 2)], ""), "same set, same version");
         assert!(push(&mut history, &mut loader, &[record("a", 1), record("c", 3)], r#""a""#));
         let (current, Reply::Changes(changes)) = history.reply(Some(&first)) else { panic!("no changes") };
@@ -229,6 +244,32 @@ pub mod tests {
         // k1 was revoked and unrevoked since: not revoked at the base either,
         // so the unrevoke is idempotent.
         assert_eq!(changes["unrevoke"], serde_json::json!(["k1"]));
+    }
+
+    #[test]
+    fn large_sets_are_served_in_pages_of_one_version() {
+        let mut loader = Loader::new(policy());
+        let keys: Vec<String> = (1..=5).map(|n| record(&format!("k{n}"), n)).collect();
+        let v1 = loader.load(file(&keys, r#""gone""#)).unwrap().snapshot;
+        let version = v1.version.clone();
+        let mut history = History::new(v1, 4);
+        let first = json(&history.current().page(0, 2).unwrap());
+        assert_eq!((first["keys"].as_array().unwrap().len(), &first["revoked"]), (2, &serde_json::json!(["gone"])));
+        let next = first["next"].as_str().unwrap().to_owned();
+        assert_eq!(next, format!("1.{version}"));
+        let second = json(&history.page(&next, 2).unwrap().1);
+        assert_eq!((second["keys"][0]["id"].as_str(), &second["revoked"]), (Some("k3"), &serde_json::json!([])));
+        let last = json(&history.page(&format!("2.{version}"), 2).unwrap().1);
+        assert_eq!((last["keys"][0]["id"].as_str(), last.get("next")), (Some("k5"), None));
+        assert!(history.page(&format!("3.{version}"), 2).is_none());
+        assert!(history.page("x", 2).is_none());
+        // The set changed under the load: the new version's first page.
+        push(&mut history, &mut loader, &keys[..4], "");
+        let (current, restart) = history.page(&next, 2).unwrap();
+        assert_eq!(json(&restart)["version"], current.version.as_str());
+        assert_eq!(json(&restart)["keys"][0]["id"], "k1");
+        // A set that fits one page is the whole answer.
+        assert_eq!(current.page(0, 10).unwrap(), current.page(0, 1000).unwrap());
     }
 
     #[test]

@@ -13,8 +13,9 @@
 //!   waiting on one channel, so thousands cost little.
 //! - A filter holding a version among the last `--history` answers gets only
 //!   the changes since it (`{"version", "base", "changes"}`), unless the
-//!   whole set is smaller or the changes exceed the filter's ring slot; any
-//!   other filter gets the whole set.
+//!   whole set is smaller or the changes exceed 64 KiB; any other filter gets
+//!   the whole set, in pages of `--page-keys` keys (`GET <path>?page=<cursor>`
+//!   for the pages after the first).
 //! - The file is watched (inotify through `notify`, and a stat every 250 ms
 //!   for filesystems that miss events), so a change is served within
 //!   milliseconds of the write.
@@ -67,7 +68,8 @@ pub fn main(args: &[&str]) -> Result<(), Error> {
             first.revoked
         );
         let (keys, revoked) = (first.keys, first.revoked);
-        let state = Arc::new(State::new(options.path.clone(), options.max_wait, History::new(first, options.history)));
+        let history = History::new(first, options.history);
+        let state = Arc::new(State::new(options.path.clone(), options.max_wait, options.page_keys, history));
         state.metrics.loaded(keys, revoked);
         let watcher = watch::start(options.file.clone(), loader, Arc::clone(&state));
         let stop = async {

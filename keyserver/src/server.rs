@@ -27,6 +27,8 @@ const DRAIN: Duration = Duration::from_secs(5);
 pub struct State {
     pub path: String,
     pub max_wait: Duration,
+    /// Keys per page of a whole answer.
+    pub page_keys: usize,
     history: Mutex<History>,
     /// Bumped whenever a new version is current: wakes held polls.
     changed: watch::Sender<u64>,
@@ -36,10 +38,11 @@ pub struct State {
 }
 
 impl State {
-    pub fn new(path: String, max_wait: Duration, history: History) -> Self {
+    pub fn new(path: String, max_wait: Duration, page_keys: usize, history: History) -> Self {
         Self {
             path,
             max_wait,
+            page_keys,
             history: Mutex::new(history),
             changed: watch::channel(0).0,
             draining: watch::channel(false).0,
@@ -107,6 +110,14 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
     if path != state.path {
         return plain(StatusCode::NOT_FOUND, &format!("not found; the key set is at {}\n", state.path));
     }
+    if let Some(cursor) = request.uri().query().and_then(page_asked) {
+        let page = state.history.lock().ok().and_then(|h| h.page(&cursor, state.page_keys));
+        let Some((snapshot, body)) = page else {
+            return plain(StatusCode::BAD_REQUEST, "no such page\n");
+        };
+        state.metrics.served(Served::Whole);
+        return json(StatusCode::OK, body, &snapshot.etag);
+    }
     let held = request.headers().get(IF_NONE_MATCH).and_then(|v| v.to_str().ok()).and_then(held_version);
     let wait = request.headers().get_all("prefer").iter().filter_map(|v| v.to_str().ok()).find_map(wait_asked);
     let wait = wait.map(|w| w.min(state.max_wait));
@@ -131,19 +142,13 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
     let (snapshot, reply) = looked;
     let (status, body, served) = match reply {
         // Written outside the history's lock, once per version.
-        Reply::Whole => (StatusCode::OK, snapshot.whole(), Served::Whole),
+        Reply::Whole => (StatusCode::OK, snapshot.page(0, state.page_keys).unwrap_or_default(), Served::Whole),
         Reply::Changes(body) => (StatusCode::OK, body, Served::Changes),
         Reply::NotModified => (StatusCode::NOT_MODIFIED, Bytes::new(), Served::NotModified),
     };
     state.metrics.served(served);
-    let mut response = Response::new(Full::new(body));
-    *response.status_mut() = status;
+    let mut response = json(status, body, &snapshot.etag);
     let headers = response.headers_mut();
-    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Ok(etag) = HeaderValue::from_str(&snapshot.etag) {
-        headers.insert(ETAG, etag);
-    }
     // RFC 7240: tells the filter this server holds polls, so it re-arms at once.
     if let Some(wait) = wait {
         if let Ok(applied) = HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
@@ -151,6 +156,34 @@ async fn answer(request: Request<Incoming>, state: &State) -> Response<Full<Byte
         }
     }
     response
+}
+
+fn json(status: StatusCode, body: Bytes, etag: &str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(etag) = HeaderValue::from_str(etag) {
+        headers.insert(ETAG, etag);
+    }
+    response
+}
+
+/// The cursor of `page=<cursor>` in a query, percent-decoded.
+fn page_asked(query: &str) -> Option<String> {
+    let value = query.split('&').find_map(|pair| pair.strip_prefix("page="))?;
+    let mut out = Vec::with_capacity(value.len());
+    let mut bytes = value.bytes();
+    while let Some(b) = bytes.next() {
+        if b == b'%' {
+            let hex = [bytes.next()?, bytes.next()?];
+            out.push(u8::from_str_radix(std::str::from_utf8(&hex).ok()?, 16).ok()?);
+        } else {
+            out.push(b);
+        }
+    }
+    String::from_utf8(out).ok()
 }
 
 /// `wait=<seconds>` among a `Prefer` header's preferences.
@@ -200,7 +233,8 @@ mod tests {
         let keys = [record("a", 1), record("b", 2)];
         let first = loader.load(file(&keys, "")).unwrap().snapshot;
         let etag = first.etag.clone();
-        let state = Arc::new(State::new("/v1/edge/keys".into(), Duration::from_secs(30), History::new(first, 4)));
+        let state =
+            Arc::new(State::new("/v1/edge/keys".into(), Duration::from_secs(30), 20_000, History::new(first, 4)));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -238,5 +272,14 @@ mod tests {
         assert_eq!(wait_asked("wait=0"), None);
         assert_eq!(wait_asked("return=minimal"), None);
         assert_eq!(wait_asked("wait=soon"), None);
+    }
+
+    #[test]
+    fn page_cursors_are_percent_decoded() {
+        assert_eq!(page_asked("page=1.v%2B1%3A2").as_deref(), Some("1.v+1:2"));
+        assert_eq!(page_asked("x=1&page=2.v").as_deref(), Some("2.v"));
+        assert_eq!(page_asked("x=1"), None);
+        assert_eq!(page_asked("page=%zz"), None);
+        assert_eq!(page_asked("page=%2"), None);
     }
 }

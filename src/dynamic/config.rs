@@ -33,8 +33,9 @@ pub struct Shared {
     pub metrics: Metrics,
     /// Names this process as a fetch lease holder.
     holder: u64,
-    /// Fetches in flight: callout id → feed index.
-    pending: Mutex<HashMap<u64, (usize, u64)>>,
+    /// Fetches in flight: callout id → (feed index, when it started,
+    /// whether it asked for a page of a whole set).
+    pending: Mutex<HashMap<u64, (usize, u64, bool)>>,
 }
 
 pub struct Config {
@@ -122,7 +123,7 @@ impl Config {
         if let Some(feed) = worker.feeds().iter().find(|f| f.kind == Kind::Keys) {
             self.shared.metrics.key_set_generation(envoy, feed.shared(&*STORE).meta().generation);
         }
-        if let Some(keys) = worker.fetched_keys() {
+        if let Some(keys) = worker.fetched_keys(&*STORE) {
             self.shared.metrics.key_set_size(envoy, keys);
         }
     }
@@ -130,14 +131,15 @@ impl Config {
     fn fetch(&self, envoy: &ConfigHandle, worker: &Worker, index: usize, etag: &str) {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
-        let owned = endpoint.request_headers(etag);
+        let owned = worker.request_headers(feed, etag);
+        let page = worker.fetching_page(feed);
         let headers: Vec<(&str, &str)> = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         let timeout_ms = u64::try_from(endpoint.call_timeout().as_millis()).unwrap_or(u64::MAX).max(1);
         let callout = Callout { cluster: &endpoint.cluster, headers: &headers, body: &[], timeout_ms };
         match envoy.callout(&callout) {
             Some(id) => {
                 if let Ok(mut pending) = self.shared.pending.lock() {
-                    pending.insert(id, (index, super::now_ns()));
+                    pending.insert(id, (index, super::now_ns(), page));
                 }
             }
             None => {
@@ -151,16 +153,34 @@ impl Config {
     /// straight back to the server.
     pub fn on_fetched(&self, envoy: &ConfigHandle, id: u64, answer: CalloutAnswer) {
         let pending = self.shared.pending.lock().ok().and_then(|mut pending| pending.remove(&id));
-        let (Some((index, started_ns)), Some(worker)) = (pending, workers::worker(&self.shared)) else { return };
+        let (Some((index, started_ns, page)), Some(worker)) = (pending, workers::worker(&self.shared)) else {
+            return;
+        };
         let Some(feed) = worker.feeds().get(index) else { return };
+        // A page asked for by the worker of an earlier configuration: its
+        // pages before are gone, so the load starts again.
+        if page && !worker.fetching_page(feed) {
+            self.settle(envoy, &worker, index, Outcome::Failed, None);
+            return;
+        }
         // No :status means the call failed (timeout, reset, no cluster).
         let status = if answer.ok { answer.header(":status").unwrap_or("none") } else { "none" }.to_owned();
         // RFC 7240: a server that held the call says so.
-        let applied = answer.header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"));
+        // The last page of a whole set re-arms a long poll too.
+        let applied = answer.header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"))
+            || worker.fetching_page(feed);
         let rearm = feed.endpoint.rearm(&status, applied, started_ns, super::now_ns());
         let etag = answer.header("etag").map(str::to_owned);
         let body = answer.ok.then_some(answer.body);
         let outcome = worker.assess(feed, Answer { status: &status, body, etag }, &*STORE);
+        // A whole set coming page by page: the next page at once, under
+        // the same lease.
+        if outcome == Outcome::Page {
+            if feed.shared(&*STORE).renew(self.shared.holder, super::now_ns(), feed.endpoint.lease()) {
+                self.fetch(envoy, &worker, index, "");
+            }
+            return;
+        }
         self.settle(envoy, &worker, index, outcome, rearm);
         worker.sync(&*STORE);
         self.gauges(envoy, &worker);

@@ -68,8 +68,8 @@ impl Metrics {
         config.increment_counter(id, 1);
     }
 
-    pub fn key_set_size(&self, config: &ConfigHandle, keys: usize) {
-        config.set_gauge(self.keyset_size, u64::try_from(keys).unwrap_or(u64::MAX));
+    pub fn key_set_size(&self, config: &ConfigHandle, keys: u64) {
+        config.set_gauge(self.keyset_size, keys);
     }
 
     pub fn key_set_generation(&self, config: &ConfigHandle, generation: u64) {

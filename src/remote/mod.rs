@@ -3,7 +3,7 @@
 
 mod shared;
 
-pub use shared::{Meta, Outcome, Published, SharedDocument, EARLY_REFETCH, MAX_BODY, MAX_DELTA, RETRY, RING};
+pub use shared::{Meta, Outcome, Published, SharedDocument, EARLY_REFETCH, MAX_BODY, MAX_DELTA, RETRY};
 
 use crate::config::{ConfigError, SourceDoc};
 use crate::text::is_header_safe;
@@ -76,6 +76,20 @@ impl Endpoint {
         headers
     }
 
+    /// The request headers of one page of a whole set (`cursor`; `None`:
+    /// the first): never `If-None-Match` nor a long poll, since the pages
+    /// of one set must all be fetched.
+    pub fn page_headers(&self, cursor: Option<&str>) -> Vec<(&'static str, String)> {
+        let path = match cursor {
+            None => self.path.clone(),
+            Some(cursor) => {
+                let join = if self.path.contains('?') { '&' } else { '?' };
+                format!("{}{join}page={}", self.path, percent_encode(cursor))
+            }
+        };
+        vec![(":method", "GET".to_owned()), (":path", path), (":authority", self.cluster.clone())]
+    }
+
     /// The call's timeout: the wait the server may hold it, plus time to answer.
     pub fn call_timeout(&self) -> Duration {
         self.wait.unwrap_or_default().saturating_add(ANSWER_TIMEOUT)
@@ -105,6 +119,18 @@ impl Endpoint {
             _ => None,
         }
     }
+}
+
+/// A cursor is opaque: everything but unreserved characters is escaped.
+fn percent_encode(text: &str) -> String {
+    text.bytes().fold(String::with_capacity(text.len()), |mut out, b| {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+        out
+    })
 }
 
 fn nanos(d: Duration) -> u64 {

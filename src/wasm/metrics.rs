@@ -85,8 +85,8 @@ impl Metrics {
         });
     }
 
-    pub fn key_set_size(&self, keys: usize) {
-        let _ = hostcalls::record_metric(self.keyset_size, u64::try_from(keys).unwrap_or(u64::MAX));
+    pub fn key_set_size(&self, keys: u64) {
+        let _ = hostcalls::record_metric(self.keyset_size, keys);
     }
 
     pub fn key_set_generation(&self, generation: u64) {

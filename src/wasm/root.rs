@@ -30,8 +30,9 @@ pub struct Root {
     metrics: Option<Rc<Metrics>>,
     /// Names this VM as a lease holder.
     holder: u64,
-    /// Fetches in flight: call token → (feed index, when it started).
-    pending: HashMap<u32, (usize, u64)>,
+    /// Fetches in flight: call token → (feed index, when it started,
+    /// whether it asked for a page of a whole set).
+    pending: HashMap<u32, (usize, u64, bool)>,
     signatures: Rc<EnvoySignatures>,
 }
 
@@ -39,11 +40,12 @@ impl Root {
     fn fetch(&mut self, worker: &Worker, index: usize, etag: &str) {
         let Some(feed) = worker.feeds().get(index) else { return };
         let endpoint = &feed.endpoint;
-        let owned = endpoint.request_headers(etag);
+        let owned = worker.request_headers(feed, etag);
+        let page = worker.fetching_page(feed);
         let headers = owned.iter().map(|(n, v)| (*n, v.as_str())).collect();
         match self.dispatch_http_call(&endpoint.cluster, headers, None, vec![], endpoint.call_timeout()) {
             Ok(token) => {
-                self.pending.insert(token, (index, super::now_ns()));
+                self.pending.insert(token, (index, super::now_ns(), page));
             }
             Err(status) => {
                 log::warn!("edge-auth: source {}: cannot call cluster {}: {status:?}", feed.id, endpoint.cluster);
@@ -79,7 +81,7 @@ impl Root {
         if let Some(feed) = worker.feeds().iter().find(|f| f.kind == Kind::Keys) {
             metrics.key_set_generation(feed.shared(&HostStore).meta().generation);
         }
-        if let Some(keys) = worker.fetched_keys() {
+        if let Some(keys) = worker.fetched_keys(&HostStore) {
             metrics.key_set_size(keys);
         }
     }
@@ -87,9 +89,15 @@ impl Root {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token_id: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        let Some((index, started_ns)) = self.pending.remove(&token_id) else { return };
+        let Some((index, started_ns, page)) = self.pending.remove(&token_id) else { return };
         let Some(worker) = self.worker.clone() else { return };
         let Some(feed) = worker.feeds().get(index) else { return };
+        // A page asked for by the worker of an earlier configuration: its
+        // pages before are gone, so the load starts again.
+        if page && !worker.fetching_page(feed) {
+            self.settle(&worker, index, Outcome::Failed, None);
+            return;
+        }
         let headers = self.get_http_call_response_headers_bytes();
         let header =
             |name: &str| headers.iter().find(|(n, _)| n == name).and_then(|(_, v)| String::from_utf8(v.clone()).ok());
@@ -97,10 +105,20 @@ impl Context for Root {
         let status = header(":status").unwrap_or_else(|| "none".to_owned());
         let body = if body_size > MAX_BODY { None } else { self.get_http_call_response_body(0, body_size) };
         // RFC 7240: a server that held the call says so.
-        let applied = header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"));
+        // The last page of a whole set re-arms a long poll too.
+        let applied = header("preference-applied").is_some_and(|v| v.trim_start().starts_with("wait"))
+            || worker.fetching_page(feed);
         let rearm = feed.endpoint.rearm(&status, applied, started_ns, super::now_ns());
         let answer = Answer { status: &status, body, etag: header("etag") };
         let outcome = worker.assess(feed, answer, &HostStore);
+        // A whole set coming page by page: the next page at once, under
+        // the same lease.
+        if outcome == Outcome::Page {
+            if feed.shared(&HostStore).renew(self.holder, super::now_ns(), feed.endpoint.lease()) {
+                self.fetch(&worker, index, "");
+            }
+            return;
+        }
         self.settle(&worker, index, outcome, rearm);
         worker.sync(&HostStore);
         self.gauges(&worker);

@@ -4,11 +4,14 @@
 //! looked up; the lookup indexes on 8 bytes of the MAC and confirms the full
 //! 32 bytes in constant time, so timing reveals nothing about stored hashes.
 
+mod index;
+
 use crate::config::{ApiKeysDoc, ConfigError, Environment, KeyChangesDoc, KeyRecordDoc};
 use crate::rate_limit::{PlanId, Plans};
 use crate::remote::Endpoint;
 use crate::text::{is_header_safe, is_scope};
 use hmac::{Hmac, Mac};
+pub use index::{Changes, Held, KeyIndex, Lookup, Staged};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
@@ -102,7 +105,7 @@ fn lower_hex_value(c: u8) -> Option<u8> {
 }
 
 /// A known API key (its hash, never the key itself).
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiKey {
     pub id: String,
     hash: KeyHash,
@@ -149,8 +152,9 @@ pub struct RecordRules<'a> {
     pub plans: &'a Plans,
 }
 
-/// Known keys and revoked key ids. A fetched set also takes changes, entry
-/// by entry, at a cost proportional to the change.
+/// Known keys and revoked key ids: the policy's own, or a key server's copy
+/// (a fetched set lives in shared data, see [`KeyIndex`]). Takes changes
+/// entry by entry.
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<ApiKey>,
@@ -158,15 +162,6 @@ pub struct KeySet {
     /// Session tokens name their parent key by id.
     by_id: HashMap<String, usize>,
     revoked: HashSet<String>,
-}
-
-/// Checked changes to one [`KeySet`]: applying them cannot fail.
-#[derive(Debug)]
-pub struct Changes {
-    upsert: Vec<ApiKey>,
-    remove: Vec<String>,
-    revoke: Vec<String>,
-    unrevoke: Vec<String>,
 }
 
 impl KeySet {
@@ -220,11 +215,6 @@ impl KeySet {
         self.keys.is_empty()
     }
 
-    /// Revoked key ids.
-    pub fn revoked_len(&self) -> usize {
-        self.revoked.len()
-    }
-
     fn insert(&mut self, key: ApiKey) {
         let at = self.keys.len();
         self.by_hash.entry(key.hash.index()).or_default().push(at);
@@ -251,53 +241,20 @@ impl KeySet {
     }
 
     /// Compiles and checks `doc` against this set with the same rules as
-    /// [`KeySet::build`]: the set it would make must be one `build` accepts.
-    /// `path` names the changes in errors.
-    pub fn check(&self, doc: &KeyChangesDoc, rules: &RecordRules<'_>, path: &str) -> Result<Changes, ConfigError> {
-        let ids = |list: &[String], name: &str| -> Result<HashSet<String>, ConfigError> {
-            let mut seen = HashSet::new();
-            for (i, id) in list.iter().enumerate() {
-                if id.is_empty() {
-                    return Err(ConfigError::new(format!("{path}.{name}[{i}]"), "empty key id"));
-                }
-                seen.insert(id.clone());
-            }
-            Ok(seen)
-        };
-        let removed = ids(&doc.remove, "remove")?;
-        let revoked = ids(&doc.revoke, "revoke")?;
-        let unrevoked = ids(&doc.unrevoke, "unrevoke")?;
-        if let Some(id) = revoked.intersection(&unrevoked).next() {
-            return Err(ConfigError::new(format!("{path}.unrevoke"), format!("'{id}' is also in revoke")));
-        }
-        let mut upsert: Vec<ApiKey> = Vec::with_capacity(doc.upsert.len());
-        let mut upserted = HashSet::new();
-        for (i, record) in doc.upsert.iter().enumerate() {
-            let at = |field: &str| format!("{path}.upsert[{i}].{field}");
-            let key = compile_record(record, rules, &at)?;
-            if removed.contains(&key.id) {
-                return Err(ConfigError::new(at("id"), format!("'{}' is also in remove", key.id)));
-            }
-            if !upserted.insert(key.id.clone()) {
-                return Err(ConfigError::new(at("id"), format!("duplicate key id '{}'", key.id)));
-            }
-            if upsert.iter().any(|other| other.hash == key.hash) {
-                return Err(ConfigError::new(at("hash"), "duplicate hash"));
-            }
-            upsert.push(key);
-        }
-        // A hash already held may belong only to a key this change removes
-        // or replaces (known once every upsert has been seen).
-        for (i, key) in upsert.iter().enumerate() {
-            if self.find(&key.hash).is_some_and(|k| !removed.contains(&k.id) && !upserted.contains(&k.id)) {
-                return Err(ConfigError::new(format!("{path}.upsert[{i}].hash"), "duplicate hash"));
-            }
-        }
-        Ok(Changes { upsert, remove: doc.remove.clone(), revoke: doc.revoke.clone(), unrevoke: doc.unrevoke.clone() })
+    /// [`KeySet::build`] (a key server keeping its own copy checks a new
+    /// file so). `path` names the changes in errors.
+    pub fn check(&self, doc: &KeyChangesDoc, rules: &RecordRules<'_>, path: &str) -> Result<SetChanges, ConfigError> {
+        let upsert = check_changes(doc, rules, path, |hash| self.find(hash).map(|k| k.id.clone()))?;
+        Ok(SetChanges {
+            upsert,
+            remove: doc.remove.clone(),
+            revoke: doc.revoke.clone(),
+            unrevoke: doc.unrevoke.clone(),
+        })
     }
 
     /// Applies checked changes, entry by entry.
-    pub fn apply(&mut self, changes: Changes) {
+    pub fn apply(&mut self, changes: SetChanges) {
         for id in &changes.remove {
             self.remove(id);
         }
@@ -312,23 +269,15 @@ impl KeySet {
             self.revoked.remove(id);
         }
     }
+}
 
-    /// What turns this set into `new`, built from `records` (in order).
-    pub fn diff(&self, new: &KeySet, records: &[KeyRecordDoc]) -> KeyChangesDoc {
-        let upsert = new
-            .keys
-            .iter()
-            .zip(records)
-            .filter(|(key, _)| self.by_id.get(&key.id).and_then(|&i| self.keys.get(i)) != Some(*key))
-            .map(|(_, record)| record.clone())
-            .collect();
-        let remove = self.keys.iter().filter(|k| !new.by_id.contains_key(&k.id)).map(|k| k.id.clone()).collect();
-        let mut revoke: Vec<String> = new.revoked.difference(&self.revoked).cloned().collect();
-        let mut unrevoke: Vec<String> = self.revoked.difference(&new.revoked).cloned().collect();
-        revoke.sort_unstable();
-        unrevoke.sort_unstable();
-        KeyChangesDoc { upsert, remove, revoke, unrevoke }
-    }
+/// Checked changes to one [`KeySet`]: applying them cannot fail.
+#[derive(Debug)]
+pub struct SetChanges {
+    upsert: Vec<ApiKey>,
+    remove: Vec<String>,
+    revoke: Vec<String>,
+    unrevoke: Vec<String>,
 }
 
 /// Takes index `at` out of hash bucket `hash`, putting `to` in its place if given.
@@ -348,6 +297,58 @@ fn unindex(by_hash: &mut HashMap<u64, Vec<usize>>, hash: u64, at: usize, to: Opt
     if bucket.is_empty() {
         by_hash.remove(&hash);
     }
+}
+
+/// Checks changes with the same rules as a whole set: the set they make
+/// must be one a whole answer could be. `held` names the key of the set
+/// that has a hash, if any. Returns the upserted keys, compiled.
+pub fn check_changes(
+    doc: &KeyChangesDoc,
+    rules: &RecordRules<'_>,
+    path: &str,
+    held: impl Fn(&KeyHash) -> Option<String>,
+) -> Result<Vec<ApiKey>, ConfigError> {
+    let ids = |list: &[String], name: &str| -> Result<HashSet<String>, ConfigError> {
+        let mut seen = HashSet::new();
+        for (i, id) in list.iter().enumerate() {
+            if id.is_empty() || id.len() > usize::from(u16::MAX) {
+                let why = if id.is_empty() { "empty key id" } else { "key id longer than 65535 bytes" };
+                return Err(ConfigError::new(format!("{path}.{name}[{i}]"), why));
+            }
+            seen.insert(id.clone());
+        }
+        Ok(seen)
+    };
+    let removed = ids(&doc.remove, "remove")?;
+    let revoked = ids(&doc.revoke, "revoke")?;
+    let unrevoked = ids(&doc.unrevoke, "unrevoke")?;
+    if let Some(id) = revoked.intersection(&unrevoked).next() {
+        return Err(ConfigError::new(format!("{path}.unrevoke"), format!("'{id}' is also in revoke")));
+    }
+    let mut upsert: Vec<ApiKey> = Vec::with_capacity(doc.upsert.len());
+    let mut upserted = HashSet::new();
+    for (i, record) in doc.upsert.iter().enumerate() {
+        let at = |field: &str| format!("{path}.upsert[{i}].{field}");
+        let key = compile_record(record, rules, &at)?;
+        if removed.contains(&key.id) {
+            return Err(ConfigError::new(at("id"), format!("'{}' is also in remove", key.id)));
+        }
+        if !upserted.insert(key.id.clone()) {
+            return Err(ConfigError::new(at("id"), format!("duplicate key id '{}'", key.id)));
+        }
+        if upsert.iter().any(|other| other.hash == key.hash) {
+            return Err(ConfigError::new(at("hash"), "duplicate hash"));
+        }
+        upsert.push(key);
+    }
+    // A hash already held may belong only to a key this change removes
+    // or replaces (known once every upsert has been seen).
+    for (i, key) in upsert.iter().enumerate() {
+        if held(&key.hash).is_some_and(|id| !removed.contains(&id) && !upserted.contains(&id)) {
+            return Err(ConfigError::new(format!("{path}.upsert[{i}].hash"), "duplicate hash"));
+        }
+    }
+    Ok(upsert)
 }
 
 fn compile_record(
@@ -514,56 +515,6 @@ mod tests {
         let doc = KeyChangesDoc { upsert: vec![moved, record("k3", "new-three", &hasher)], ..KeyChangesDoc::default() };
         set.apply(set.check(&doc, &rules, "c").unwrap());
         assert_eq!(ids(&set, &hasher, &["three", "new-three"]), [Some("k5".into()), Some("k3".into())]);
-    }
-
-    #[test]
-    fn invalid_changes_are_refused_whole_naming_the_entry() {
-        let hasher = KeyHasher::new(b"pepper").unwrap();
-        let plans = Plans::default();
-        let rules = RecordRules { account_ok: &|a| !a.is_empty(), plans: &plans };
-        let set = build(&[record("k1", "one", &hasher), record("k2", "two", &hasher)]).unwrap();
-        let err = |doc: KeyChangesDoc| set.check(&doc, &rules, "key set.changes").unwrap_err().to_string();
-        let upsert = |records: Vec<KeyRecordDoc>| KeyChangesDoc { upsert: records, ..KeyChangesDoc::default() };
-        assert_eq!(err(upsert(vec![record("k9", "one", &hasher)])), "key set.changes.upsert[0].hash: duplicate hash");
-        let mut bad = record("k9", "nine", &hasher);
-        bad.hash = "abc".into();
-        assert_eq!(
-            err(upsert(vec![record("k8", "eight", &hasher), bad])),
-            "key set.changes.upsert[1].hash: expected 64 hex characters"
-        );
-        let twice = upsert(vec![record("k8", "eight", &hasher), record("k8", "nine", &hasher)]);
-        assert_eq!(err(twice), "key set.changes.upsert[1].id: duplicate key id 'k8'");
-        let both = KeyChangesDoc { remove: vec!["k8".into()], ..upsert(vec![record("k8", "eight", &hasher)]) };
-        assert_eq!(err(both), "key set.changes.upsert[0].id: 'k8' is also in remove");
-        assert_eq!(
-            err(changes(r#"{"revoke":["k1"],"unrevoke":["k1"]}"#)),
-            "key set.changes.unrevoke: 'k1' is also in revoke"
-        );
-        assert_eq!(err(changes(r#"{"revoke":[""]}"#)), "key set.changes.revoke[0]: empty key id");
-    }
-
-    #[test]
-    fn a_diff_applied_makes_the_new_set() {
-        let hasher = KeyHasher::new(b"pepper").unwrap();
-        let plans = Plans::default();
-        let rules = RecordRules { account_ok: &|a| !a.is_empty(), plans: &plans };
-        let old_records = [record("k1", "one", &hasher), record("k2", "two", &hasher), record("k3", "three", &hasher)];
-        let mut old = build(&old_records).unwrap();
-        let mut changed = record("k2", "two", &hasher);
-        changed.scopes = vec!["c:read".into()];
-        let new_records = [record("k1", "one", &hasher), changed, record("k4", "four", &hasher)];
-        let new = KeySet::build(&new_records, &["k1".into()], &rules, "n").unwrap();
-        let diff = old.diff(&new, &new_records);
-        assert_eq!(diff.upsert.iter().map(|r| r.id.as_str()).collect::<Vec<_>>(), ["k2", "k4"]);
-        assert_eq!(
-            (diff.remove.clone(), diff.revoke.clone(), diff.unrevoke.clone()),
-            (vec!["k3".to_owned()], vec!["k1".to_owned()], vec!["gone".to_owned()])
-        );
-        old.apply(old.check(&diff, &rules, "d").unwrap());
-        assert_eq!(old.len(), 3);
-        assert_eq!(old.find(&hasher.hash("two")).unwrap().scopes_header, "c:read");
-        assert!(old.is_revoked("k1") && !old.is_revoked("gone"));
-        assert!(new.diff(&new, &new_records).is_empty());
     }
 
     #[test]

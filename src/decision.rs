@@ -353,10 +353,14 @@ fn find_key<'p>(
         return Ok(Some(Found { key: Cow::Owned(key), revoked }));
     }
     match (inline(&api_keys.inline), looked) {
-        // A revocation in the fetched set covers the policy's own keys too;
-        // a set not loaded yet revokes nothing.
+        // A revocation in the fetched set covers the policy's own keys too; a
+        // set not loaded yet revokes nothing, one that cannot be read is row 16.
         (Some(key), _) => {
-            let revoked = index.as_ref().and_then(|index| index.is_revoked(&key.id)).unwrap_or(false);
+            let revoked = match index.as_ref().map(|index| index.is_revoked(&key.id)) {
+                None => false,
+                Some(Some(revoked)) => revoked,
+                Some(None) => return Err(Code::AuthUnavailable.into()),
+            };
             Ok(Some(Found { key: Cow::Borrowed(key), revoked }))
         }
         (None, Some(Lookup::Unavailable)) => Err(Code::AuthUnavailable.into()),

@@ -203,9 +203,13 @@ impl<'a> KeyIndex<'a> {
         }
     }
 
-    /// Whether the set revokes `id` (a key of the policy's own, say).
-    /// `None` when it cannot say.
+    /// Whether the set revokes `id` (a key of the policy's own, say); a set
+    /// never loaded revokes nothing. `None` when the entries could not be
+    /// read consistently: the caller fails closed.
     pub fn is_revoked(&self, id: &str) -> Option<bool> {
+        if !self.header().loaded() {
+            return Some(false);
+        }
         self.read(|index, header| Some(index.id_record(header, id)?.is_some_and(|r| r.revoked)))
     }
 
@@ -839,7 +843,7 @@ mod tests {
         let store = MemoryStore::default();
         let index = KeyIndex::new(&store, "keys/t");
         assert_eq!(ids(&index, &["one"]), ["?"], "never loaded");
-        assert_eq!(index.is_revoked("k1"), None);
+        assert_eq!(index.is_revoked("k1"), Some(false));
         let records: Vec<KeyRecordDoc> = (0..100).map(|i| record(&format!("k{i}"), &format!("key-{i}"))).collect();
         let header = load(&index, "1", &records, &["k7", "elsewhere"]);
         assert_eq!((header.keys, header.bits, header.version.as_str()), (100, 3, "1"));

@@ -232,8 +232,9 @@ http {{
     return proc, port
 
 
-def start_envoy(name, workdir, upstream_port, filters=None):
-    """An Envoy running `filters(base)` (default: CONFIGS[name]) before the router."""
+def start_envoy(name, workdir, upstream_port, filters=None, module_dir=MODULE_DIR):
+    """An Envoy running `filters(base)` (default: CONFIGS[name]) before the router; a dynamic
+    module is loaded from `module_dir`."""
     base = yaml.safe_load(ENVOY_YAML.read_text())
     port, admin = free_port(), free_port()
     base["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1",
@@ -247,7 +248,7 @@ def start_envoy(name, workdir, upstream_port, filters=None):
     hcm["http_filters"] = (filters or CONFIGS[name])(base) + [router]
     path = workdir / f"envoy-{name.replace(' ', '-')}.json"
     path.write_text(json.dumps(base))
-    env = {**os.environ, "EDGE_AUTH_PEPPER": PEPPER, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(MODULE_DIR)}
+    env = {**os.environ, "EDGE_AUTH_PEPPER": PEPPER, "ENVOY_DYNAMIC_MODULES_SEARCH_PATH": str(module_dir)}
     proc = Proc([str(ENVOY_BIN), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
                 ENVOY_CPU, env=env, log=path.with_suffix(".log"))
     wait_http(f"http://127.0.0.1:{admin}/ready", proc, f"envoy ({name})")

@@ -1,6 +1,10 @@
-"""A paired A/B of two builds of the wasm module on the same scenarios.
+"""A paired A/B of two builds of the module on the same scenarios.
 
     bench/paired.py OLD.wasm NEW.wasm [scenario ...]
+    bench/paired.py OLD.so NEW.so [scenario ...]
+
+Two `.so` files are two builds of the native dynamic module
+(libedge_auth.so, under any name): each is loaded from a directory of its own.
 
 Two Envoys (`--concurrency 1`, the bench policy of compare.py), one running
 each module, stay up for the whole run; every round drives both on each
@@ -14,6 +18,7 @@ Environment: BENCH_ROUNDS (12), BENCH_SECONDS (3), BENCH_CONNECTIONS (16).
 """
 
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,8 +26,8 @@ import time
 from pathlib import Path
 
 import compare
-from compare import LIMITED, Scenario, api_key, bench_policy, request, run_wrk, sign, start_envoy, start_nginx, \
-    wasm_module
+from compare import LIMITED, Scenario, api_key, bench_policy, dynamic_module, request, run_wrk, sign, start_envoy, \
+    start_nginx, wasm_module
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "12"))
 
@@ -51,8 +56,15 @@ def main():
         policy = bench_policy()
         envoys = {}
         for side, path in modules.items():
-            proc, port = start_envoy(side, workdir, upstream_port,
-                                     filters=lambda base, path=path: wasm_module(base, path, policy))
+            if path.suffix == ".so":  # Envoy finds a dynamic module by its name in a directory
+                module_dir = workdir / side
+                module_dir.mkdir()
+                shutil.copy(path, module_dir / "libedge_auth.so")
+                proc, port = start_envoy(side, workdir, upstream_port, module_dir=module_dir,
+                                         filters=lambda base: dynamic_module(policy))
+            else:
+                proc, port = start_envoy(side, workdir, upstream_port,
+                                         filters=lambda base, path=path: wasm_module(base, path, policy))
             procs.append(proc)
             envoys[side] = (proc, port)
         for s in chosen:

@@ -7,6 +7,7 @@
 
 use super::config::Config;
 use super::filter::{BodyStatus, Filter, Paused};
+use std::borrow::Cow;
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
@@ -79,6 +80,12 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_get_headers_size(filter: Ptr, header_type: u32) -> usize;
     fn envoy_dynamic_module_callback_http_get_headers(filter: Ptr, header_type: u32, result: *mut HttpHeader) -> bool;
     fn envoy_dynamic_module_callback_http_set_header(
+        filter: Ptr,
+        header_type: u32,
+        key: ModuleBuffer,
+        value: ModuleBuffer,
+    ) -> bool;
+    fn envoy_dynamic_module_callback_http_add_header(
         filter: Ptr,
         header_type: u32,
         key: ModuleBuffer,
@@ -208,41 +215,60 @@ impl Callout<'_> {
 pub struct FilterHandle(Ptr);
 
 impl FilterHandle {
-    /// Every request header, repeated names included; values as bytes.
-    pub fn request_headers(&self) -> Vec<(String, Vec<u8>)> {
+    /// Every request header, repeated names included, as Envoy holds them:
+    /// borrowed, not copied (a name that is not UTF-8 is copied, lossily).
+    /// The view borrows the handle, and setting or removing a header takes
+    /// it mutably, so no header can change under the view.
+    pub fn request_headers(&self) -> Vec<(Cow<'_, str>, &[u8])> {
         // SAFETY: the array has room for the count Envoy reported; the
-        // buffers Envoy fills stay valid until the end of the hook and are
-        // copied before it ends.
+        // buffers Envoy fills point into the request's header map, valid
+        // while the map is unchanged: the view lives no longer than this
+        // handle (one hook), and the map changes only through `&mut self`.
         unsafe {
             let count = envoy_dynamic_module_callback_http_get_headers_size(self.0, REQUEST_HEADER);
-            let mut raw = vec![NULL_HEADER; count];
+            // Most requests' headers fit on the stack.
+            let mut stack = [NULL_HEADER; 32];
+            let mut heap = Vec::new();
+            let raw = match stack.get_mut(..count) {
+                Some(raw) => raw,
+                None => {
+                    heap.resize(count, NULL_HEADER);
+                    heap.as_mut_slice()
+                }
+            };
             if count == 0 || !envoy_dynamic_module_callback_http_get_headers(self.0, REQUEST_HEADER, raw.as_mut_ptr()) {
                 return Vec::new();
             }
             raw.iter()
-                .map(|h| {
-                    (
-                        String::from_utf8_lossy(bytes(h.key_ptr, h.key_length)).into_owned(),
-                        bytes(h.value_ptr, h.value_length).to_vec(),
-                    )
-                })
+                .map(|h| (String::from_utf8_lossy(bytes(h.key_ptr, h.key_length)), bytes(h.value_ptr, h.value_length)))
                 .collect()
         }
     }
 
-    pub fn set_request_header(&self, name: &str, value: &str) {
-        self.set(REQUEST_HEADER, name, Some(value));
+    /// Adds a header without looking for one of the same name first
+    /// (cheaper than a set): for a name the request no longer carries. An
+    /// empty value is not added.
+    pub fn add_request_header(&mut self, name: &str, value: &str) {
+        // SAFETY: the buffers point into live strings; Envoy copies them.
+        unsafe {
+            envoy_dynamic_module_callback_http_add_header(
+                self.0,
+                REQUEST_HEADER,
+                ModuleBuffer::of(name.as_bytes()),
+                ModuleBuffer::of(value.as_bytes()),
+            );
+        }
     }
 
-    pub fn remove_request_header(&self, name: &str) {
+    pub fn remove_request_header(&mut self, name: &str) {
         self.set(REQUEST_HEADER, name, None);
     }
 
-    pub fn set_response_header(&self, name: &str, value: &str) {
+    pub fn set_response_header(&mut self, name: &str, value: &str) {
         self.set(RESPONSE_HEADER, name, Some(value));
     }
 
-    fn set(&self, header_type: u32, name: &str, value: Option<&str>) {
+    fn set(&mut self, header_type: u32, name: &str, value: Option<&str>) {
         let value = value.map_or(ModuleBuffer::NULL, |v| ModuleBuffer::of(v.as_bytes()));
         // SAFETY: the buffers point into live strings; Envoy copies them.
         unsafe {
@@ -256,7 +282,7 @@ impl FilterHandle {
     }
 
     /// Answers the request locally.
-    pub fn send_response(&self, status: u32, headers: &[(&str, &str)], body: &str, details: &str) {
+    pub fn send_response(&mut self, status: u32, headers: &[(&str, &str)], body: &str, details: &str) {
         let mut raw: Vec<HttpHeader> = headers.iter().map(|(n, v)| HttpHeader::of(n, v)).collect();
         // SAFETY: the array and buffers outlive the call; Envoy copies them.
         unsafe {
@@ -313,7 +339,7 @@ impl FilterHandle {
         body
     }
 
-    pub fn continue_decoding(&self) {
+    pub fn continue_decoding(&mut self) {
         // SAFETY: a live filter pointer, handed to this hook by Envoy.
         unsafe { envoy_dynamic_module_callback_http_filter_continue_decoding(self.0) }
     }
@@ -470,10 +496,11 @@ fn guarded<T>(hook: &str, fallback: T, body: impl FnOnce() -> T) -> T {
 
 /// Runs a request hook's body; a panic is logged and answered 503
 /// `auth_unavailable`, and Envoy gets `refused`.
-fn fail_closed_on_panic<T>(hook: &str, envoy: &FilterHandle, refused: T, body: impl FnOnce() -> T) -> T {
-    catch_unwind(AssertUnwindSafe(body)).unwrap_or_else(|_| {
+fn fail_closed_on_panic<T>(hook: &str, envoy: Ptr, refused: T, body: impl FnOnce(&mut FilterHandle) -> T) -> T {
+    let mut envoy = FilterHandle(envoy);
+    catch_unwind(AssertUnwindSafe(|| body(&mut envoy))).unwrap_or_else(|_| {
         log(LogLevel::Error, &format!("edge-auth: panic in {hook}; answering 503"));
-        super::filter::fail_closed(envoy);
+        super::filter::fail_closed(&mut envoy);
         refused
     })
 }
@@ -609,16 +636,15 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     filter: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    let envoy = FilterHandle(filter_envoy);
-    fail_closed_on_panic("request_headers", &envoy, STOP, || {
+    fail_closed_on_panic("request_headers", filter_envoy, STOP, |envoy| {
         // SAFETY: see `filter_mut`.
-        match unsafe { filter_mut(filter) }.map(|f| f.on_request_headers(&envoy, end_of_stream)) {
+        match unsafe { filter_mut(filter) }.map(|f| f.on_request_headers(envoy, end_of_stream)) {
             Some(Paused::No) => CONTINUE,
             Some(Paused::Yes) => STOP,
             // No filter: fail closed.
             None => {
                 log(LogLevel::Error, "edge-auth: request_headers without a filter; answering 503");
-                super::filter::fail_closed(&envoy);
+                super::filter::fail_closed(envoy);
                 STOP
             }
         }
@@ -631,10 +657,9 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
     filter: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    let envoy = FilterHandle(filter_envoy);
-    fail_closed_on_panic("request_body", &envoy, STOP_NO_BUFFER, || {
+    fail_closed_on_panic("request_body", filter_envoy, STOP_NO_BUFFER, |envoy| {
         // SAFETY: see `filter_mut`.
-        match unsafe { filter_mut(filter) }.map(|f| f.on_request_body(&envoy, end_of_stream)) {
+        match unsafe { filter_mut(filter) }.map(|f| f.on_request_body(envoy, end_of_stream)) {
             Some(BodyStatus::Continue) => CONTINUE,
             Some(BodyStatus::Buffer) => STOP,
             // Answered (or no filter, which the headers hook answered).
@@ -645,10 +670,9 @@ extern "C" fn envoy_dynamic_module_on_http_filter_request_body(
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_request_trailers(filter_envoy: Ptr, filter: *const c_void) -> u32 {
-    let envoy = FilterHandle(filter_envoy);
-    fail_closed_on_panic("request_trailers", &envoy, STOP, || {
+    fail_closed_on_panic("request_trailers", filter_envoy, STOP, |envoy| {
         // SAFETY: see `filter_mut`.
-        match unsafe { filter_mut(filter) }.map(|f| f.on_request_trailers(&envoy)) {
+        match unsafe { filter_mut(filter) }.map(|f| f.on_request_trailers(envoy)) {
             Some(Paused::No) => CONTINUE,
             Some(Paused::Yes) | None => STOP,
         }
@@ -664,7 +688,7 @@ extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     guarded("http_filter_response_headers", CONTINUE, || {
         // SAFETY: see `filter_mut`.
         if let Some(f) = unsafe { filter_mut(filter) } {
-            f.on_response_headers(&FilterHandle(filter_envoy));
+            f.on_response_headers(&mut FilterHandle(filter_envoy));
         }
         CONTINUE
     })
@@ -709,13 +733,12 @@ extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     chunks: *const EnvoyBuffer,
     chunks_size: usize,
 ) {
-    let envoy = FilterHandle(filter_envoy);
-    fail_closed_on_panic("http_callout_done", &envoy, (), || {
+    fail_closed_on_panic("http_callout_done", filter_envoy, (), |envoy| {
         // SAFETY: Envoy lends the arrays for the duration of the hook.
         let answer = unsafe { answer(result, headers, headers_size, chunks, chunks_size, super::filter::MAX_ANSWER) };
         // SAFETY: see `filter_mut`.
         if let Some(f) = unsafe { filter_mut(filter) } {
-            f.on_callout_done(&envoy, callout_id, &answer);
+            f.on_callout_done(envoy, callout_id, &answer);
         }
     });
 }

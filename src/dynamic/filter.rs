@@ -49,8 +49,9 @@ pub struct Filter {
     shared: Arc<Shared>,
     /// This thread's worker; `None` if the policy no longer compiles here.
     worker: Option<Rc<Worker>>,
-    /// Credential headers the request carries (for `strip_credentials`).
-    credentials: Vec<&'static str>,
+    /// Which of [`CREDENTIAL_HEADERS`] the request carries (for
+    /// `strip_credentials`).
+    credentials: [bool; CREDENTIAL_HEADERS.len()],
     /// The engine call in flight, with its callout id.
     waiting: Option<(u64, EngineCall)>,
     /// Added to upstream's response (`x-ratelimit-*`).
@@ -61,11 +62,11 @@ pub struct Filter {
 
 /// Answers 503 `auth_unavailable`: what a request gets when the filter
 /// cannot decide (no policy, a panic).
-pub fn fail_closed(envoy: &FilterHandle) {
+pub fn fail_closed(envoy: &mut FilterHandle) {
     send(envoy, &Denial::from(Code::AuthUnavailable).reply(&ErrorFaces::default()));
 }
 
-fn send(envoy: &FilterHandle, reply: &Reply) {
+fn send(envoy: &mut FilterHandle, reply: &Reply) {
     let headers: Vec<(&str, &str)> = reply.headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
     envoy.send_response(reply.status, &headers, &reply.body, "edge_auth");
 }
@@ -76,7 +77,7 @@ impl Filter {
             context_id: NEXT_CONTEXT.fetch_add(1, Ordering::Relaxed),
             shared: Arc::clone(&config.shared),
             worker: workers::worker(&config.shared),
-            credentials: Vec::new(),
+            credentials: [false; CREDENTIAL_HEADERS.len()],
             waiting: None,
             response_headers: Vec::new(),
             body_check: None,
@@ -99,29 +100,32 @@ impl Filter {
         }
     }
 
-    pub fn on_request_headers(&mut self, envoy: &FilterHandle, end_of_stream: bool) -> Paused {
+    pub fn on_request_headers(&mut self, envoy: &mut FilterHandle, end_of_stream: bool) -> Paused {
         let Some(worker) = self.worker.clone() else {
             // No policy means it could not compile here: fail closed.
             fail_closed(envoy);
             return Paused::Yes;
         };
-        let headers = envoy.request_headers();
-        // Lossy: stray bytes become U+FFFD, which the path check refuses.
-        let pseudo = |name: &str| {
-            headers.iter().find(|(n, _)| n == name).map_or(Cow::Borrowed(""), |(_, v)| String::from_utf8_lossy(v))
+        let handled = {
+            let headers = envoy.request_headers();
+            // Lossy: stray bytes become U+FFFD, which the path check refuses.
+            let pseudo = |name: &str| {
+                headers.iter().find(|(n, _)| n == name).map_or(Cow::Borrowed(""), |(_, v)| String::from_utf8_lossy(v))
+            };
+            let (method, path) = (pseudo(":method"), pseudo(":path"));
+            let request = Request { method: &method, path: &path, headers: &headers };
+            for (carried, name) in self.credentials.iter_mut().zip(CREDENTIAL_HEADERS) {
+                *carried = carries(&headers, name);
+            }
+            let stats = FilterStats { metrics: &self.shared.metrics, envoy };
+            worker.handle(&request, &self.host(&stats))
         };
-        let (method, path) = (pseudo(":method"), pseudo(":path"));
-        let request = Request { method: &method, path: &path, headers: &headers };
-        let shared = Arc::clone(&self.shared);
-        let stats = FilterStats { metrics: &shared.metrics, envoy };
-        let handled = worker.handle(&request, &self.host(&stats));
         for name in &handled.spoofed {
             envoy.remove_request_header(name);
         }
-        self.credentials = CREDENTIAL_HEADERS.iter().copied().filter(|n| carries(&headers, n)).collect();
         match handled.next {
             Next::Apply(effects) => self.apply(envoy, effects),
-            Next::Ask(call) => self.ask(envoy, &worker, &stats, *call),
+            Next::Ask(call) => self.ask(envoy, &worker, *call),
             Next::Body(check) => {
                 self.body_check = Some(check);
                 if end_of_stream {
@@ -137,7 +141,7 @@ impl Filter {
     /// A webhook call's body is buffered (refused the moment it passes the
     /// limit) and checked at its end; other requests' bodies wait only for
     /// an engine call.
-    pub fn on_request_body(&mut self, envoy: &FilterHandle, end_of_stream: bool) -> BodyStatus {
+    pub fn on_request_body(&mut self, envoy: &mut FilterHandle, end_of_stream: bool) -> BodyStatus {
         if self.waiting() {
             return BodyStatus::Buffer;
         }
@@ -156,7 +160,7 @@ impl Filter {
     }
 
     /// Trailers end the body: a webhook call's is checked now.
-    pub fn on_request_trailers(&mut self, envoy: &FilterHandle) -> Paused {
+    pub fn on_request_trailers(&mut self, envoy: &mut FilterHandle) -> Paused {
         if self.waiting() {
             return Paused::Yes;
         }
@@ -167,7 +171,7 @@ impl Filter {
     }
 
     /// The whole body is in (what Envoy buffered plus what just arrived).
-    fn complete_body(&mut self, envoy: &FilterHandle) -> Paused {
+    fn complete_body(&mut self, envoy: &mut FilterHandle) -> Paused {
         let Some(limit) = self.body_check.as_ref().map(|c| c.max_body_bytes) else { return Paused::No };
         let body = envoy.request_body();
         if !fits(body.len(), limit) {
@@ -178,32 +182,34 @@ impl Filter {
 
     /// Ends a webhook call's wait: its held headers go on with the
     /// identity set, or it is answered.
-    fn settle_body(&mut self, envoy: &FilterHandle, body: Body<'_>) -> Paused {
+    fn settle_body(&mut self, envoy: &mut FilterHandle, body: Body<'_>) -> Paused {
         let (Some(worker), Some(check)) = (self.worker.clone(), self.body_check.take()) else {
             fail_closed(envoy);
             return Paused::Yes;
         };
-        let shared = Arc::clone(&self.shared);
-        let stats = FilterStats { metrics: &shared.metrics, envoy };
+        let stats = FilterStats { metrics: &self.shared.metrics, envoy };
         let effects = worker.settle_body(check, body, &self.host(&stats));
         self.apply(envoy, effects)
     }
 
-    pub fn on_response_headers(&mut self, envoy: &FilterHandle) {
+    pub fn on_response_headers(&mut self, envoy: &mut FilterHandle) {
         for (name, value) in std::mem::take(&mut self.response_headers) {
             envoy.set_response_header(name, &value);
         }
     }
 
-    fn apply(&mut self, envoy: &FilterHandle, effects: Effects<'_>) -> Paused {
+    fn apply(&mut self, envoy: &mut FilterHandle, effects: Effects<'_>) -> Paused {
         match effects {
             Effects::Forward { set, remove, response } => {
                 self.response_headers = response;
-                for name in remove.iter().filter(|name| self.credentials.contains(name)) {
+                let carried = CREDENTIAL_HEADERS.iter().zip(self.credentials).filter_map(|(name, c)| c.then_some(name));
+                for name in carried.filter(|name| remove.contains(name)) {
                     envoy.remove_request_header(name);
                 }
+                // Every header set is one the filter owns, and those the
+                // request carried were removed with the spoofed ones.
                 for (name, value) in &set {
-                    envoy.set_request_header(name, value);
+                    envoy.add_request_header(name, value);
                 }
                 Paused::No
             }
@@ -216,7 +222,7 @@ impl Filter {
 
     /// Sends an engine call (gRPC over an HTTP/2 callout) and pauses the
     /// request until it is answered.
-    fn ask(&mut self, envoy: &FilterHandle, worker: &Worker, stats: &FilterStats<'_>, call: EngineCall) -> Paused {
+    fn ask(&mut self, envoy: &mut FilterHandle, worker: &Worker, call: EngineCall) -> Paused {
         let path = format!("/{SERVICE}/{METHOD}");
         let headers = [
             (":method", "POST"),
@@ -235,22 +241,33 @@ impl Filter {
             }
             None => {
                 log::warn!("edge-auth: rate-limit engine {}: cannot call", call.cluster);
-                let settled = worker.settle(call, Err(CallFailed), &self.host(stats));
-                self.finish(envoy, worker, stats, settled)
+                let settled = self.settle(envoy, worker, call, Err(CallFailed));
+                self.finish(envoy, worker, settled)
             }
         }
     }
 
-    fn finish(&mut self, envoy: &FilterHandle, worker: &Worker, stats: &FilterStats<'_>, settled: Settled) -> Paused {
+    fn settle(
+        &self,
+        envoy: &FilterHandle,
+        worker: &Worker,
+        call: EngineCall,
+        answer: Result<&[u8], CallFailed>,
+    ) -> Settled {
+        let stats = FilterStats { metrics: &self.shared.metrics, envoy };
+        worker.settle(call, answer, &self.host(&stats))
+    }
+
+    fn finish(&mut self, envoy: &mut FilterHandle, worker: &Worker, settled: Settled) -> Paused {
         match settled {
             Settled::Done(effects) => self.apply(envoy, effects),
-            Settled::Again(call) => self.ask(envoy, worker, stats, *call),
+            Settled::Again(call) => self.ask(envoy, worker, *call),
         }
     }
 
     /// The engine answered: a gRPC answer is a 200 whose body is one frame,
     /// with no error `grpc-status` in its headers (a trailers-only error).
-    pub fn on_callout_done(&mut self, envoy: &FilterHandle, id: u64, answer: &CalloutAnswer) {
+    pub fn on_callout_done(&mut self, envoy: &mut FilterHandle, id: u64, answer: &CalloutAnswer) {
         let Some(worker) = self.worker.clone() else { return };
         let Some((token, call)) = self.waiting.take() else { return };
         if token != id {
@@ -261,10 +278,8 @@ impl Filter {
             && answer.header(":status") == Some("200")
             && answer.header("grpc-status").is_none_or(|status| status == "0");
         let message = if granted { grpc::unframe(&answer.body) } else { None };
-        let shared = Arc::clone(&self.shared);
-        let stats = FilterStats { metrics: &shared.metrics, envoy };
-        let settled = worker.settle(call, message.ok_or(CallFailed), &self.host(&stats));
-        if self.finish(envoy, &worker, &stats, settled) == Paused::No {
+        let settled = self.settle(envoy, &worker, call, message.ok_or(CallFailed));
+        if self.finish(envoy, &worker, settled) == Paused::No {
             envoy.continue_decoding();
         }
     }

@@ -43,6 +43,17 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_for(condition, timeout, every=0.005):
+    """Seconds until `condition()` held, polling every `every` s; fails the
+    test after `timeout` s."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if condition():
+            return time.monotonic() - start
+        time.sleep(every)
+    raise AssertionError(f"not within {timeout} s")
+
+
 def stop_process(proc):
     """Asks a process to stop (SIGTERM), then kills it if it has not within 10 s."""
     if proc.poll() is None:

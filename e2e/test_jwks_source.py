@@ -6,6 +6,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from harness import wait_for
 from jwt_keys import ISSUER, b64, claims, jwks
 from key_server import KeyServer, add_cluster
 
@@ -40,14 +41,6 @@ def envoy(envoy_factory, server):
     return envoy_factory(policy, edit=add_cluster("idp", server.port))
 
 
-def wait_for(condition, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
 
 def call(envoy, tok):
     r = envoy.request("/x", [("authorization", f"Bearer {tok}")])
@@ -64,12 +57,12 @@ def test_the_jwks_loads_and_rotated_keys_are_fetched_early(envoy, server):
     server.publish(PATH, jwks())
     server.mode = "ok"
     # The first fetch retries within 2 s of the failure.
-    assert wait_for(lambda: call(envoy, token(EC_KEY, "es", sub="a")) == (200, None), 5)
+    wait_for(lambda: call(envoy, token(EC_KEY, "es", sub="a")) == (200, None), 5)
     # The IdP rotates in a new key; the first token with it triggers one early refetch.
     server.publish(PATH, {"keys": jwks()["keys"] + [rotated_jwk()]})
     rotated = token(ROTATED, "es-2027", sub="b")
     assert call(envoy, rotated) == (401, "invalid_token")
-    assert wait_for(lambda: call(envoy, rotated) == (200, None), 3)
+    wait_for(lambda: call(envoy, rotated) == (200, None), 3)
 
 
 def test_a_failing_idp_keeps_the_last_jwks(envoy, server):
@@ -80,8 +73,8 @@ def test_a_failing_idp_keeps_the_last_jwks(envoy, server):
     try:
         # Unknown kids ask for early refetches (at most one per 10 s): wait
         # until one has really reached the failing IdP.
-        assert wait_for(lambda: call(envoy, token(EC_KEY, "unknown-kid")) and server.hits_on(PATH, switched), 15)
-        assert wait_for(lambda: envoy.stats().get("wasmcustom.edge_auth.jwks.refresh_failed", 0) > before, 3)
+        wait_for(lambda: call(envoy, token(EC_KEY, "unknown-kid")) and server.hits_on(PATH, switched), 15)
+        wait_for(lambda: envoy.stats().get("wasmcustom.edge_auth.jwks.refresh_failed", 0) > before, 3)
         assert call(envoy, token(ROTATED, "es-2027", sub="c")) == (200, None)
         assert call(envoy, token(EC_KEY, "es", sub="d")) == (200, None)
     finally:
@@ -98,8 +91,8 @@ def test_a_key_removed_from_the_jwks_stops_admitting_cached_tokens(envoy_factory
     }]}}
     envoy = envoy_factory(policy, edit=add_cluster("idp", server.port))
     cached = token(EC_KEY, "es", sub="cached")
-    assert wait_for(lambda: call(envoy, cached) == (200, None), 5)
+    wait_for(lambda: call(envoy, cached) == (200, None), 5)
     assert call(envoy, cached) == (200, None)  # now in every worker's cache it reached
     # The IdP rotates the key out (say it leaked).
     server.publish(path, {"keys": [k for k in jwks()["keys"] if k.get("kid") != "es"] + [rotated_jwk()]})
-    assert wait_for(lambda: all(call(envoy, cached) == (401, "invalid_token") for _ in range(6)), 5)
+    wait_for(lambda: all(call(envoy, cached) == (401, "invalid_token") for _ in range(6)), 5)

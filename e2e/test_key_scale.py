@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness import TEST_PEPPER, key_hash
+from harness import TEST_PEPPER, key_hash, wait_for
 from key_server import add_cluster
 from keys_serve import KeysServe
 from longpoll_server import LongPollServer
@@ -21,14 +21,6 @@ PAGE = 20_000  # 8 pages
 def key(n):
     return f"sk_live_acme_Scale{n:07d}"
 
-
-def wait_for(condition, timeout):
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"not within {timeout} s")
 
 
 @pytest.fixture(scope="module")

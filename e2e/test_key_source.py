@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from harness import key_hash
+from harness import key_hash, wait_for
 from key_server import KeyServer, add_cluster
 
 PATH = "/v1/edge/keys"
@@ -32,15 +32,6 @@ def envoy(envoy_factory, server):
     wait_for(lambda: envoy.request("/x", [("x-api-key", KEY_A)]).status == 200, 5)
     return envoy
 
-
-def wait_for(condition, timeout):
-    """Seconds until `condition` held, polling every 10 ms; fails after `timeout`."""
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.01)
-    raise AssertionError(f"not within {timeout} s")
 
 
 def status(envoy, key):

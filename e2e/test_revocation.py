@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from harness import key_hash
+from harness import key_hash, wait_for
 from keys_serve import PATH, KeysServe
 from key_server import add_cluster
 from longpoll_server import LongPollServer
@@ -28,14 +28,6 @@ def status(envoy, key_id):
     r = envoy.request("/x", [("x-api-key", KEYS[key_id])])
     return r.status
 
-
-def wait_for(condition, timeout):
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        if condition():
-            return time.monotonic() - start
-        time.sleep(0.005)
-    raise AssertionError(f"not within {timeout} s")
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ pub mod fetched;
 pub mod fuzzing;
 pub mod headers;
 pub mod jwt;
+pub mod metrics;
 pub mod path;
 pub mod policy;
 pub mod rate_limit;

@@ -117,7 +117,7 @@ impl Filter {
             for (carried, name) in self.credentials.iter_mut().zip(CREDENTIAL_HEADERS) {
                 *carried = carries(&headers, name);
             }
-            let stats = FilterStats { metrics: &self.shared.metrics, envoy };
+            let stats = self.shared.metrics.stats(envoy);
             worker.handle(&request, &self.host(&stats))
         };
         for name in &handled.spoofed {
@@ -187,7 +187,7 @@ impl Filter {
             fail_closed(envoy);
             return Paused::Yes;
         };
-        let stats = FilterStats { metrics: &self.shared.metrics, envoy };
+        let stats = self.shared.metrics.stats(envoy);
         let effects = worker.settle_body(check, body, &self.host(&stats));
         self.apply(envoy, effects)
     }
@@ -254,7 +254,7 @@ impl Filter {
         call: EngineCall,
         answer: Result<&[u8], CallFailed>,
     ) -> Settled {
-        let stats = FilterStats { metrics: &self.shared.metrics, envoy };
+        let stats = self.shared.metrics.stats(envoy);
         worker.settle(call, answer, &self.host(&stats))
     }
 

@@ -13,6 +13,13 @@ use crate::store::SharedStore;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+/// The most pages one whole set may come in: a server that never stops
+/// paging is refused rather than fetched forever.
+pub const MAX_PAGES: usize = 4096;
+/// The most keys plus revoked ids one set may hold (2^20 shards of 16): the
+/// memory a server can make Envoy hold is bounded, whatever it sends.
+pub const MAX_ENTRIES: usize = 1 << 24;
+
 /// What a key server answers: the whole set (`keys`, `revoked`), perhaps
 /// one page of it (`next` names the page after), or what changed since the
 /// version the filter holds (`base`, `changes`).
@@ -324,6 +331,14 @@ impl Fetched {
             }
             Paging::Idle | Paging::Next { .. } | Paging::Restart => (page, etag),
         };
+        if set.pages() > MAX_PAGES || set.len().saturating_add(set.revoked_len()) > MAX_ENTRIES {
+            log::warn!(
+                "edge-auth: source {}: a whole set over {MAX_PAGES} pages or {MAX_ENTRIES} keys and revoked ids; \
+                 keeping the last good one",
+                feed.id
+            );
+            return Outcome::Failed;
+        }
         if let Some(cursor) = next {
             self.paging = Paging::Next { cursor, pages: set, etag };
             return Outcome::Page;
@@ -525,5 +540,21 @@ mod tests {
         assert_eq!(fetcher.keys(&store).unwrap().header().version, "1");
         // A failed page: the next fetch starts over.
         assert_eq!(path(&mut fetcher, "\"1\""), ("/keys".to_owned(), Some("\"1\"".to_owned()), true));
+    }
+
+    #[test]
+    fn a_server_that_never_stops_paging_is_refused() {
+        let policy = policy();
+        let store = MemoryStore::default();
+        let feeds = feeds(&policy);
+        let mut fetcher = Fetched::new(&feeds);
+        let endless = r#"{"version":"1","keys":[],"next":"more"}"#;
+        for _ in 0..MAX_PAGES {
+            assert_eq!(fetch(&policy, &mut fetcher, &store, endless, ""), Outcome::Page);
+            fetcher.request_headers(&feeds[0], "");
+        }
+        assert_eq!(fetch(&policy, &mut fetcher, &store, endless, ""), Outcome::Failed);
+        assert!(!fetcher.keys(&store).unwrap().header().loaded());
+        assert!(!fetcher.fetching_page(&feeds[0]), "the pages held are dropped");
     }
 }

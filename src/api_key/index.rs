@@ -240,6 +240,14 @@ impl<'a> KeyIndex<'a> {
         let keys = set.sorted_keys(bits)?;
         let ids = set.sorted_ids(bits)?;
         let failed = |_| ConfigError::new("key set", "shared data refused a write");
+        if in_place {
+            // The live set is about to be neither version: changes based on
+            // the old one are refused from now on, and a change being
+            // applied meanwhile (a writer whose lease ran out) finds the
+            // header changed and asks for the whole set.
+            let rewriting = Header { version: String::new(), ..old.clone() };
+            self.store.set(&self.header_key(), &rewriting.encode(), Cas::Any).map_err(failed)?;
+        }
         let revoked: HashSet<&str> = set.revoked.iter().map(String::as_str).collect();
         let mut value = Vec::new();
         let (mut at_key, mut at_id) = (keys.iter().peekable(), set.id_records(&ids).peekable());
@@ -312,6 +320,11 @@ impl<'a> KeyIndex<'a> {
             return Err(Conflict);
         }
         let mut keys = i64::try_from(header.keys).unwrap_or(i64::MAX);
+        // Revocations first and un-revocations last: a change that stops
+        // half way never leaves a key live that it revokes.
+        for id in &changes.revoke {
+            self.set_revoked(&header, id, true)?;
+        }
         for id in &changes.remove {
             keys -= i64::from(self.remove(&header, id)?);
         }
@@ -321,14 +334,14 @@ impl<'a> KeyIndex<'a> {
             self.insert(&header, &id, record)?;
             keys += 1;
         }
-        for (ids, revoked) in [(&changes.revoke, true), (&changes.unrevoke, false)] {
-            for id in ids {
-                self.set_revoked(&header, id, revoked)?;
-            }
+        for id in &changes.unrevoke {
+            self.set_revoked(&header, id, false)?;
         }
+        // Any other write of the header since (a whole load by a writer
+        // whose lease ran out) may have overwritten these edits.
         let written = store::update(self.store, &self.header_key(), ATTEMPTS, |current| {
             let mut now = current.and_then(Header::decode)?;
-            (now.epoch == header.epoch).then_some(())?;
+            (now == header).then_some(())?;
             now.keys = u64::try_from(keys.max(0)).unwrap_or(0);
             now.version = version.to_owned();
             Some(now.encode())
@@ -910,6 +923,42 @@ mod tests {
         assert_eq!((second.keys, second.version.as_str()), (200, "2"));
         assert_eq!(ids(&index, &["key-0", "key-5", "key-200"]), ["-", "k5!", "k200"]);
         assert_eq!(store.len(), entries, "no entry of the other bank written");
+    }
+
+    /// A store that runs `during` just before the first compare-and-swap
+    /// of the header: another writer's whole load landing mid-change.
+    struct Interleaved<'a> {
+        inner: &'a MemoryStore,
+        during: std::cell::RefCell<Option<Box<dyn FnOnce() + 'a>>>,
+    }
+
+    impl SharedStore for Interleaved<'_> {
+        fn get(&self, key: &str) -> Option<(Vec<u8>, u32)> {
+            self.inner.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Cas) -> Result<(), Conflict> {
+            if key.ends_with("/h") && matches!(cas, Cas::Match(_)) {
+                if let Some(during) = self.during.borrow_mut().take() {
+                    during();
+                }
+            }
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_change_overwritten_by_a_resync_in_place_is_not_named_applied() {
+        let store = MemoryStore::default();
+        let records: Vec<KeyRecordDoc> = (0..40).map(|i| record(&format!("k{i}"), &format!("key-{i}"))).collect();
+        load(&KeyIndex::new(&store, "keys/t"), "1", &records, &[]);
+        let resync = || {
+            load(&KeyIndex::new(&store, "keys/t"), "2", &records, &[]);
+        };
+        let racing = Interleaved { inner: &store, during: std::cell::RefCell::new(Some(Box::new(resync))) };
+        let revoke = KeyChangesDoc { revoke: vec!["k3".into()], ..Default::default() };
+        assert!(change(&KeyIndex::new(&racing, "keys/t"), &revoke).is_err(), "the writer must ask for the whole set");
+        assert_eq!(KeyIndex::new(&store, "keys/t").header().version, "2");
     }
 
     #[test]

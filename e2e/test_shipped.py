@@ -105,7 +105,9 @@ def test_docker_compose_runs_the_shipped_config_and_module():
 
 
 def test_the_dashboard_queries_only_metrics_the_module_defines():
-    defined = set(re.findall(r'"(edge_auth\.[a-z_.]+)"', (ROOT / "src/wasm/metrics.rs").read_text()))
+    # The engine's catalogue, and the wasm build's per-route family.
+    sources = (ROOT / "src/metrics.rs").read_text() + (ROOT / "src/wasm/metrics.rs").read_text()
+    defined = set(re.findall(r'"(edge_auth\.[a-z_.]+)"', sources))
     names = {d.replace(".", "_") for d in defined}
     prefixes = {n + "_" for n in names}  # per-code families: edge_auth_denied_<code>
     text = (ROOT / "envoy/grafana-dashboard.json").read_text()

@@ -159,15 +159,20 @@ impl<'a> KeyIndex<'a> {
 
     /// Runs `look` on a consistent header and shard: once more if a load
     /// flipped banks in between.
-    fn read<T>(&self, mut look: impl FnMut(&Self, &Header) -> Option<T>) -> Option<T> {
+    fn read<T>(&self, look: impl FnMut(&Self, &Header) -> Option<T>) -> Option<T> {
+        self.read_from(self.header(), look)
+    }
+
+    /// [`Self::read`] starting from a header already read.
+    fn read_from<T>(&self, mut header: Header, mut look: impl FnMut(&Self, &Header) -> Option<T>) -> Option<T> {
         for _ in 0..2 {
-            let header = self.header();
             if !header.loaded() {
                 return None;
             }
             if let Some(found) = look(self, &header) {
                 return Some(found);
             }
+            header = self.header();
         }
         None
     }
@@ -207,10 +212,11 @@ impl<'a> KeyIndex<'a> {
     /// never loaded revokes nothing. `None` when the entries could not be
     /// read consistently: the caller fails closed.
     pub fn is_revoked(&self, id: &str) -> Option<bool> {
-        if !self.header().loaded() {
+        let header = self.header();
+        if !header.loaded() {
             return Some(false);
         }
-        self.read(|index, header| Some(index.id_record(header, id)?.is_some_and(|r| r.revoked)))
+        self.read_from(header, |index, header| Some(index.id_record(header, id)?.is_some_and(|r| r.revoked)))
     }
 
     /// `Some(None)`: no record for `id`; `None`: the shard is of another load.

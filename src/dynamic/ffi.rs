@@ -561,21 +561,14 @@ extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     guarded("http_filter_config_new", ptr::null(), || {
         // SAFETY: Envoy lends both buffers for the duration of the hook.
         let (name, json) = unsafe { (bytes(name.ptr, name.length), bytes(config.ptr, config.length)) };
-        match Config::new(&ConfigHandle(config_envoy), name, json) {
-            Some(config) => Box::into_raw(Box::new(config)).cast::<c_void>().cast_const(),
-            None => ptr::null(),
-        }
+        into_module(Config::new(&ConfigHandle(config_envoy), name, json))
     })
 }
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_config_destroy(config: *const c_void) {
-    guarded("http_filter_config_destroy", (), || {
-        if !config.is_null() {
-            // SAFETY: created by Box::into_raw in config_new, destroyed once.
-            drop(unsafe { Box::from_raw(config.cast::<Config>().cast_mut()) });
-        }
-    });
+    // SAFETY: made by `into_module` in config_new; Envoy destroys it once.
+    guarded("http_filter_config_destroy", (), || unsafe { drop_module::<Config>(config) });
 }
 
 #[no_mangle]
@@ -591,6 +584,22 @@ extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_new(
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(_config: *const c_void) {}
+
+/// A value handed to Envoy as a module pointer (null for none), until
+/// [`drop_module`] takes it back.
+fn into_module<T>(value: Option<T>) -> *const c_void {
+    value.map_or(ptr::null(), |value| Box::into_raw(Box::new(value)).cast::<c_void>().cast_const())
+}
+
+/// Takes back and drops what [`into_module`] handed to Envoy.
+///
+/// # Safety
+/// `module` must be null or come from `into_module::<T>`, dropped once.
+unsafe fn drop_module<T>(module: *const c_void) {
+    if !module.is_null() {
+        drop(Box::from_raw(module.cast::<T>().cast_mut()));
+    }
+}
 
 /// The configuration behind a module pointer.
 ///
@@ -613,21 +622,14 @@ unsafe fn filter_mut<'a>(filter: *const c_void) -> Option<&'a mut Filter> {
 extern "C" fn envoy_dynamic_module_on_http_filter_new(config: *const c_void, _filter_envoy: Ptr) -> *const c_void {
     guarded("http_filter_new", ptr::null(), || {
         // SAFETY: Envoy keeps the configuration alive while it has filters.
-        match unsafe { config_ref(config) } {
-            Some(config) => Box::into_raw(Box::new(Filter::new(config))).cast::<c_void>().cast_const(),
-            None => ptr::null(),
-        }
+        into_module(unsafe { config_ref(config) }.map(Filter::new))
     })
 }
 
 #[no_mangle]
 extern "C" fn envoy_dynamic_module_on_http_filter_destroy(filter: *const c_void) {
-    guarded("http_filter_destroy", (), || {
-        if !filter.is_null() {
-            // SAFETY: created by Box::into_raw in filter_new, destroyed once.
-            drop(unsafe { Box::from_raw(filter.cast::<Filter>().cast_mut()) });
-        }
-    });
+    // SAFETY: made by `into_module` in filter_new; Envoy destroys it once.
+    guarded("http_filter_destroy", (), || unsafe { drop_module::<Filter>(filter) });
 }
 
 #[no_mangle]

@@ -442,7 +442,7 @@ fn admit_key<'p>(
 ) -> Decision<'p> {
     let (plan, expires_at, id) = (key.plan.or(policy.default_plan), key.expires_at, key_id(&key));
     let identity = Identity { kind, ..identity_of(key) };
-    let decision = admit(policy, on, identity, plan, || format!("k:{id}"), runtime);
+    let decision = admit(policy, on, identity, plan, || ["k:", &id].concat(), runtime);
     let issue = match (&decision.verdict, &policy.sessions) {
         (Verdict::Allow(_), Some(sessions)) if on.exchange => {
             let until = (runtime.now_ns / NANOS).saturating_add(sessions.ttl_s);

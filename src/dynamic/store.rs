@@ -6,8 +6,6 @@
 //! write, which makes it atomic across threads.
 
 use crate::store::{Cas, Conflict, MemoryStore, SharedStore};
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
 const SHARDS: usize = 64;
@@ -26,11 +24,11 @@ impl ProcessStore {
         Self { shards: (0..SHARDS).map(|_| MemoryStore::default()).collect() }
     }
 
+    /// FNV-1a: a shard only spreads lock traffic, so a keyed hash (and
+    /// its cost on every store access) buys nothing.
     fn shard(&self, key: &str) -> Option<&MemoryStore> {
-        let mut hasher = DefaultHasher::new();
-        key.hash(&mut hasher);
-        let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
-        self.shards.get(index)
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+        self.shards.get(usize::try_from(hash % SHARDS as u64).unwrap_or(0))
     }
 }
 

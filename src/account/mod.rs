@@ -1,23 +1,38 @@
 //! Account names: the pattern every account must match and the reserved list.
 
+mod plain;
+
+use plain::Plain;
 use regex_lite::Regex;
 use std::collections::HashSet;
 
 #[derive(Debug)]
 pub struct AccountRules {
-    /// Anchored at both ends whatever the configured text says: an account
-    /// must match as a whole, never merely contain a matching part.
-    pattern: Regex,
+    pattern: Pattern,
     reserved: HashSet<String>,
+}
+
+/// Anchored at both ends whatever the configured text says: an account must
+/// match as a whole, never merely contain a matching part.
+#[derive(Debug)]
+enum Pattern {
+    Plain(Plain),
+    Regex(Regex),
 }
 
 impl AccountRules {
     pub fn new(pattern: &str, reserved: impl IntoIterator<Item = String>) -> Result<Self, regex_lite::Error> {
-        Ok(Self { pattern: Regex::new(&format!("^(?:{pattern})$"))?, reserved: reserved.into_iter().collect() })
+        // Compiled either way: the regex is what accepts or refuses the text.
+        let regex = Regex::new(&format!("^(?:{pattern})$"))?;
+        let pattern = Plain::parse(pattern).map_or(Pattern::Regex(regex), Pattern::Plain);
+        Ok(Self { pattern, reserved: reserved.into_iter().collect() })
     }
 
     pub fn is_valid(&self, account: &str) -> bool {
-        self.pattern.is_match(account)
+        match &self.pattern {
+            Pattern::Plain(plain) => plain.is_match(account),
+            Pattern::Regex(regex) => regex.is_match(account),
+        }
     }
 
     pub fn is_reserved(&self, account: &str) -> bool {

@@ -1,12 +1,15 @@
 """Per-key token buckets shared by every Envoy worker, end to end."""
 
+import http.client
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from demo_upstream import LoopbackServer
 
-from harness import key_hash
+from harness import Envoy, key_hash
 
 BURST = "sk_live_acme_BurstKey01"
 OTHER = "sk_live_acme_OtherKey01"
@@ -99,3 +102,41 @@ def test_rate_limited_responses_are_counted(envoy):
     assert stats["wasmcustom.edge_auth.denied.rate_limited"] >= 3 * N
     assert stats.get("wasmcustom.edge_auth.rate_limit.table_full", 0) == 0
     assert stats.get("wasmcustom.edge_auth.rate_limit.contended", 0) == 0
+
+
+class _OwnLimits(BaseHTTPRequestHandler):
+    """An upstream that sends x-ratelimit-* of its own, in any case."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("X-RateLimit-Limit", "999")
+        self.send_header("x-ratelimit-remaining", "998")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_the_edge_quota_replaces_the_one_upstream_sends():
+    """Clients see one x-ratelimit-limit, the edge's: the filter adds its
+    headers only when upstream sent none, and sets them otherwise."""
+    own = LoopbackServer(0, _OwnLimits).start()
+    envoy = Envoy(policy(), own)
+    try:
+        envoy.wait_ready()
+        conn = http.client.HTTPConnection("127.0.0.1", envoy.port, timeout=10)
+        conn.request("GET", "/v1/tasks", headers={"x-api-key": OTHER})
+        response = conn.getresponse()
+        response.read()
+        conn.close()
+        headers = [(k.lower(), v) for k, v in response.getheaders()]
+        assert response.status == 200
+        assert [v for k, v in headers if k == "x-ratelimit-limit"] == [str(N)], headers
+        assert len([v for k, v in headers if k == "x-ratelimit-remaining"]) == 1, headers
+        assert len([v for k, v in headers if k == "x-ratelimit-reset"]) == 1, headers
+    finally:
+        envoy.stop()
+        own.shutdown()

@@ -220,12 +220,21 @@ impl FilterHandle {
     /// The view borrows the handle, and setting or removing a header takes
     /// it mutably, so no header can change under the view.
     pub fn request_headers(&self) -> Vec<(Cow<'_, str>, &[u8])> {
+        self.headers(REQUEST_HEADER)
+    }
+
+    /// Upstream's response headers, as [`Self::request_headers`].
+    pub fn response_headers(&self) -> Vec<(Cow<'_, str>, &[u8])> {
+        self.headers(RESPONSE_HEADER)
+    }
+
+    fn headers(&self, header_type: u32) -> Vec<(Cow<'_, str>, &[u8])> {
         // SAFETY: the array has room for the count Envoy reported; the
         // buffers Envoy fills point into the request's header map, valid
         // while the map is unchanged: the view lives no longer than this
         // handle (one hook), and the map changes only through `&mut self`.
         unsafe {
-            let count = envoy_dynamic_module_callback_http_get_headers_size(self.0, REQUEST_HEADER);
+            let count = envoy_dynamic_module_callback_http_get_headers_size(self.0, header_type);
             // Most requests' headers fit on the stack.
             let mut stack = [NULL_HEADER; 32];
             let mut heap = Vec::new();
@@ -236,7 +245,7 @@ impl FilterHandle {
                     heap.as_mut_slice()
                 }
             };
-            if count == 0 || !envoy_dynamic_module_callback_http_get_headers(self.0, REQUEST_HEADER, raw.as_mut_ptr()) {
+            if count == 0 || !envoy_dynamic_module_callback_http_get_headers(self.0, header_type, raw.as_mut_ptr()) {
                 return Vec::new();
             }
             raw.iter()
@@ -249,11 +258,19 @@ impl FilterHandle {
     /// (cheaper than a set): for a name the request no longer carries. An
     /// empty value is not added.
     pub fn add_request_header(&mut self, name: &str, value: &str) {
+        self.add(REQUEST_HEADER, name, value);
+    }
+
+    pub fn add_response_header(&mut self, name: &str, value: &str) {
+        self.add(RESPONSE_HEADER, name, value);
+    }
+
+    fn add(&mut self, header_type: u32, name: &str, value: &str) {
         // SAFETY: the buffers point into live strings; Envoy copies them.
         unsafe {
             envoy_dynamic_module_callback_http_add_header(
                 self.0,
-                REQUEST_HEADER,
+                header_type,
                 ModuleBuffer::of(name.as_bytes()),
                 ModuleBuffer::of(value.as_bytes()),
             );

@@ -7,7 +7,7 @@ WASM   := target/wasm32-wasip1/release/edge_auth.wasm
 CLI    := target/release/edge-auth
 CARGO_TARGET := wasm32-wasip1
 
-.PHONY: all wasm dynamic cli venv toolchain run test lint unit e2e e2e-dynamic redis-tools bench bench-tools bench-fleet bench-envoy bench-keys oci fuzz clean
+.PHONY: all wasm dynamic cli venv toolchain run test lint unit e2e e2e-dynamic redis-tools bench bench-tools bench-fleet bench-envoy bench-instructions bench-keys oci fuzz clean
 
 all: wasm cli
 
@@ -92,6 +92,14 @@ bench-envoy: wasm dynamic cli venv bench-tools
 	$(PYTHON) bench/jwt_in_envoy.py
 	$(PYTHON) bench/revocation.py
 	$(PYTHON) bench/webhook.py
+
+# Instructions per request (Envoy under callgrind): plain, the native chain and
+# the native build, exact from run to run where CPU time on a shared machine is
+# not (bench/instructions.py; valgrind from Debian's packages).
+bench-instructions: dynamic venv bench-tools
+	@command -v valgrind >/dev/null || \
+	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq valgrind >/dev/null; }
+	$(PYTHON) bench/instructions.py
 
 # Key sets at scale: Envoy RSS, CPU per request, first load and revocation
 # with 1,000 to 1,000,000 fetched keys at --concurrency 2 and 8, then the

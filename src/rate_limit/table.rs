@@ -85,10 +85,11 @@ impl Header {
     const LEN: usize = 1 + 8 + 8 + 8 + 8;
 
     fn encode(&self) -> [u8; Self::LEN] {
-        let fields = [self.caller, self.plan, self.idle_at_ns, self.clock_ns];
-        let bytes = std::iter::once(VERSION).chain(fields.into_iter().flat_map(u64::to_le_bytes));
+        let fields = [self.caller, self.plan, self.idle_at_ns, self.clock_ns].map(u64::to_le_bytes);
         let mut out = [0; Self::LEN];
-        for (out, byte) in out.iter_mut().zip(bytes) {
+        let [version, numbers @ ..] = &mut out;
+        *version = VERSION;
+        for (out, &byte) in numbers.iter_mut().zip(fields.as_flattened()) {
             *out = byte;
         }
         out
@@ -179,19 +180,17 @@ impl SlotKey {
         // Wrapping, as the arithmetic always did in release builds; callers'
         // buckets are below `BUCKETS`, so nothing wraps.
         let mut slot = bucket.wrapping_mul(WINDOW).wrapping_add(index) % SLOTS;
-        let mut digits = [b'0'; SLOT_DIGITS];
-        for digit in digits.iter_mut().rev() {
+        let len = KEY_PREFIX.len() + slot.checked_ilog10().map_or(1, |log| log as usize + 1);
+        let mut bytes = [0; KEY_PREFIX.len() + SLOT_DIGITS];
+        for (out, &byte) in bytes.iter_mut().zip(KEY_PREFIX.as_bytes()) {
+            *out = byte;
+        }
+        // The digits, last first.
+        for digit in bytes.iter_mut().take(len).skip(KEY_PREFIX.len()).rev() {
             *digit = b'0' + (slot % 10) as u8;
             slot /= 10;
         }
-        // No leading zeros, but at least one digit.
-        let zeros = digits.iter().take(SLOT_DIGITS - 1).take_while(|&&d| d == b'0').count();
-        let mut key = Self { bytes: [0; KEY_PREFIX.len() + SLOT_DIGITS], len: 0 };
-        for (out, byte) in key.bytes.iter_mut().zip(KEY_PREFIX.bytes().chain(digits.into_iter().skip(zeros))) {
-            *out = byte;
-            key.len += 1;
-        }
-        key
+        Self { bytes, len }
     }
 
     fn as_str(&self) -> &str {

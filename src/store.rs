@@ -99,8 +99,12 @@ impl SharedStore for MemoryStore {
         match (data.get_mut(key), cas) {
             (Some(_), Cas::Absent) => Err(Conflict),
             (Some(slot), Cas::Match(expected)) if slot.1 != expected => Err(Conflict),
-            (Some(slot), Cas::Any | Cas::Match(_)) => {
-                *slot = (value.to_vec(), next);
+            (Some((stored, cas)), Cas::Any | Cas::Match(_)) => {
+                // In place: a rewrite of the same size (a rate-limit slot's
+                // usual one) reuses the allocation.
+                stored.clear();
+                stored.extend_from_slice(value);
+                *cas = next;
                 Ok(())
             }
             (None, _) => {

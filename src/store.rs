@@ -67,13 +67,68 @@ pub fn update(
     written.value.flatten()
 }
 
+/// Hashes store keys, a few machine words each, in a few multiplications
+/// where SipHash takes dozens of rounds.
+///
+/// Unkeyed, so not for keys an attacker chooses; the store's keys are the
+/// module's own: the rate limiter's and leases' fixed sets of slots (which
+/// slot a caller uses comes from a keyed hash, and every slot may be in use
+/// at once anyway) and names derived from the configuration. Words are
+/// combined as FxHash does, and the result goes through MurmurHash3's
+/// finaliser so that every input bit reaches the low bits a hash table
+/// indexes by (a test checks the rate limiter's slots spread).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StoreHasher(u64);
+
+impl StoreHasher {
+    /// A hasher whose hashes are independent of the default one's (e.g. to
+    /// pick a shard of maps that hash with the default).
+    pub const fn seeded(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    fn add(&mut self, word: u64) {
+        const K: u64 = 0x517c_c1b7_2722_0a95;
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(K);
+    }
+}
+
+impl std::hash::Hasher for StoreHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            self.add(word.try_into().map_or(0, u64::from_le_bytes));
+        }
+        // The last bytes as a little-endian word, in registers: copying them
+        // to a buffer and loading it stalls the load.
+        let last = words.remainder().iter().rev().fold(0, |word, &byte| word << 8 | u64::from(byte));
+        // The length tells apart inputs that differ only in trailing zeros.
+        self.add(last ^ (bytes.len() as u64).rotate_right(8));
+    }
+
+    fn write_u8(&mut self, byte: u8) {
+        self.add(u64::from(byte));
+    }
+
+    fn finish(&self) -> u64 {
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
+    }
+}
+
+type Map = std::collections::HashMap<String, (Vec<u8>, u32), std::hash::BuildHasherDefault<StoreHasher>>;
+
 /// An in-process [`SharedStore`] with proxy-wasm-cpp-host's semantics: any
 /// write to a missing key creates it; an existing key needs a matching CAS.
 /// The lock is held across the check and the write, so a compare-and-swap
 /// is atomic across threads (the native build's store is shards of these).
 #[derive(Default)]
 pub struct MemoryStore {
-    data: std::sync::Mutex<std::collections::HashMap<String, (Vec<u8>, u32)>>,
+    data: std::sync::Mutex<Map>,
     next_cas: std::sync::atomic::AtomicU32,
 }
 
@@ -99,8 +154,12 @@ impl SharedStore for MemoryStore {
         match (data.get_mut(key), cas) {
             (Some(_), Cas::Absent) => Err(Conflict),
             (Some(slot), Cas::Match(expected)) if slot.1 != expected => Err(Conflict),
-            (Some(slot), Cas::Any | Cas::Match(_)) => {
-                *slot = (value.to_vec(), next);
+            (Some((stored, cas)), Cas::Any | Cas::Match(_)) => {
+                // In place: a rewrite of the same size (a rate-limit slot's
+                // usual one) reuses the allocation.
+                stored.clear();
+                stored.extend_from_slice(value);
+                *cas = next;
                 Ok(())
             }
             (None, _) => {
@@ -131,6 +190,33 @@ mod tests {
             Some(current.unwrap().to_vec())
         });
         assert_eq!((lost, calls), (None, 3));
+    }
+
+    #[test]
+    fn key_hashes_spread_the_rate_limiters_slots() {
+        use std::collections::HashSet;
+        use std::hash::BuildHasher;
+        let keys: Vec<String> = (0..65_536).map(|slot| format!("edge_auth/rl/{slot}")).collect();
+        let build = std::hash::BuildHasherDefault::<StoreHasher>::default();
+        let hashes: Vec<u64> = keys.iter().map(|key| build.hash_one(key.as_str())).collect();
+        // As many distinct low 16 bits (a full table's index) and top 7 bits
+        // (its tags) as random hashes would give (about 41,400 distinct, 512
+        // a tag), within a few percent.
+        let low: HashSet<u64> = hashes.iter().map(|h| h & 0xffff).collect();
+        assert!(low.len() > 40_000, "{} distinct", low.len());
+        let mut tags = [0u32; 128];
+        for h in &hashes {
+            tags[(h >> 57) as usize] += 1;
+        }
+        assert!(tags.iter().all(|&n| (400..=640).contains(&n)), "{tags:?}");
+        // Keys that differ only in trailing zeros or in length differ.
+        let hash = |bytes: &[u8]| {
+            let mut hasher = StoreHasher::default();
+            std::hash::Hasher::write(&mut hasher, bytes);
+            std::hash::Hasher::finish(&hasher)
+        };
+        assert_ne!(hash(b"ab"), hash(b"ab\0"));
+        assert_ne!(hash(b""), hash(b"\0\0\0\0\0\0\0\0"));
     }
 
     #[test]

@@ -5,10 +5,15 @@
 //! lock; a compare-and-swap holds its shard's lock for the whole check and
 //! write, which makes it atomic across threads.
 
-use crate::store::{Cas, Conflict, MemoryStore, SharedStore};
+use crate::store::{Cas, Conflict, MemoryStore, SharedStore, StoreHasher};
+use std::hash::{Hash, Hasher};
 use std::sync::LazyLock;
 
 const SHARDS: usize = 64;
+/// Seeds the shard's hash apart from the shards' own maps' (which hash with
+/// the default [`StoreHasher`]): one hash for both would leave each map's keys
+/// agreeing in the bits that chose the shard.
+const SHARD_SEED: u64 = 0x9e37_79b9_7f4a_7c15;
 
 /// Shards of the host-neutral in-memory store: each holds its own lock, so
 /// a compare-and-swap is atomic across threads.
@@ -24,11 +29,11 @@ impl ProcessStore {
         Self { shards: (0..SHARDS).map(|_| MemoryStore::default()).collect() }
     }
 
-    /// FNV-1a: a shard only spreads lock traffic, so a keyed hash (and
-    /// its cost on every store access) buys nothing.
     fn shard(&self, key: &str) -> Option<&MemoryStore> {
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
-        self.shards.get(usize::try_from(hash % SHARDS as u64).unwrap_or(0))
+        let mut hasher = StoreHasher::seeded(SHARD_SEED);
+        key.hash(&mut hasher);
+        let index = usize::try_from(hasher.finish() % SHARDS as u64).unwrap_or(0);
+        self.shards.get(index)
     }
 }
 
@@ -52,6 +57,18 @@ mod tests {
     use crate::rate_limit::{self, CallerId, Charge, Placement};
     use crate::testing::EveryVar;
     use std::sync::Arc;
+
+    #[test]
+    fn the_rate_limiters_slots_spread_over_the_shards() {
+        let store = ProcessStore::new();
+        let mut counts = [0u32; SHARDS];
+        for slot in 0..65_536 {
+            let shard = store.shard(&format!("edge_auth/rl/{slot}")).unwrap();
+            let index = store.shards.iter().position(|s| std::ptr::eq(s, shard)).unwrap();
+            counts[index] += 1;
+        }
+        assert!(counts.iter().all(|&n| (900..=1_150).contains(&n)), "{counts:?}");
+    }
 
     #[test]
     fn compare_and_swap_semantics() {

@@ -69,35 +69,46 @@ pub struct ChargeResult {
     pub conflicts: u32,
 }
 
-/// A caller's stored state: who, under which plan, until when it matters.
-struct Entry {
+/// The fixed part of a caller's stored state: who, under which plan, until
+/// when it matters. The buckets' TATs follow it, [`TAT_LEN`] bytes each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
     caller: u64,
     plan: u64,
     /// Unix nanoseconds from which every bucket is full again.
     idle_at_ns: u64,
     /// The clock the last charge used: the buckets' time never runs back.
     clock_ns: u64,
-    tats: Vec<Tat>,
 }
 
-impl Entry {
-    const HEADER: usize = 1 + 8 + 8 + 8 + 8;
+impl Header {
+    const LEN: usize = 1 + 8 + 8 + 8 + 8;
 
-    fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::HEADER + 16 * self.tats.len());
-        out.push(VERSION);
-        out.extend_from_slice(&self.caller.to_le_bytes());
-        out.extend_from_slice(&self.plan.to_le_bytes());
-        out.extend_from_slice(&self.idle_at_ns.to_le_bytes());
-        out.extend_from_slice(&self.clock_ns.to_le_bytes());
-        for tat in &self.tats {
-            out.extend_from_slice(&tat.to_le_bytes());
+    fn encode(&self) -> [u8; Self::LEN] {
+        let fields = [self.caller, self.plan, self.idle_at_ns, self.clock_ns].map(u64::to_le_bytes);
+        let mut out = [0; Self::LEN];
+        let [version, numbers @ ..] = &mut out;
+        *version = VERSION;
+        for (out, &byte) in numbers.iter_mut().zip(fields.as_flattened()) {
+            *out = byte;
         }
         out
     }
+}
 
+/// Bytes of one bucket's TAT (little-endian).
+const TAT_LEN: usize = 16;
+
+/// A caller's stored state, read in place.
+struct Entry<'a> {
+    header: Header,
+    /// One TAT per bucket, [`TAT_LEN`] bytes each.
+    tats: &'a [u8],
+}
+
+impl<'a> Entry<'a> {
     /// `None` for anything not written by this version: such a slot is free.
-    fn decode(bytes: &[u8]) -> Option<Self> {
+    fn decode(bytes: &'a [u8]) -> Option<Self> {
         let (&version, rest) = bytes.split_first()?;
         if version != VERSION {
             return None;
@@ -105,13 +116,15 @@ impl Entry {
         let (caller, rest) = take_u64(rest)?;
         let (plan, rest) = take_u64(rest)?;
         let (idle_at_ns, rest) = take_u64(rest)?;
-        let (clock_ns, rest) = take_u64(rest)?;
-        let chunks = rest.chunks_exact(16);
-        if !chunks.remainder().is_empty() {
+        let (clock_ns, tats) = take_u64(rest)?;
+        if tats.len() % TAT_LEN != 0 {
             return None;
         }
-        let tats = chunks.map(|c| c.try_into().map(u128::from_le_bytes)).collect::<Result<_, _>>().ok()?;
-        Some(Self { caller, plan, idle_at_ns, clock_ns, tats })
+        Some(Self { header: Header { caller, plan, idle_at_ns, clock_ns }, tats })
+    }
+
+    fn buckets(&self) -> usize {
+        self.tats.len() / TAT_LEN
     }
 }
 
@@ -120,15 +133,86 @@ fn take_u64(bytes: &[u8]) -> Option<(u64, &[u8])> {
     Some((u64::from_le_bytes(*head), rest))
 }
 
-fn slot_key(bucket: u64, index: u64) -> String {
-    format!("{KEY_PREFIX}{}", (bucket * WINDOW + index) % SLOTS)
+/// The TATs in `bytes` (whole [`TAT_LEN`] chunks; a remainder is ignored).
+fn read_tats(bytes: &[u8]) -> impl Iterator<Item = Tat> + '_ {
+    bytes.chunks_exact(TAT_LEN).filter_map(|chunk| chunk.try_into().ok()).map(Tat::from_le_bytes)
+}
+
+/// Where each TAT of an entry being encoded goes.
+fn tat_slots(bytes: &mut [u8]) -> impl Iterator<Item = &mut [u8; TAT_LEN]> {
+    bytes.chunks_exact_mut(TAT_LEN).filter_map(|chunk| chunk.try_into().ok())
+}
+
+/// Entries of plans with up to this many buckets are encoded on the stack.
+/// The configuration does not bound a plan's buckets, so bigger plans spill
+/// to the heap.
+const INLINE_BUCKETS: usize = 4;
+
+/// Runs `f` on a zeroed buffer the size of an entry of `buckets` buckets:
+/// a charge encodes its entry without allocating.
+fn with_entry_buffer<R>(buckets: usize, f: impl FnOnce(&mut [u8]) -> R) -> R {
+    let len = buckets.saturating_mul(TAT_LEN).saturating_add(Header::LEN);
+    let mut inline = [0; Header::LEN + INLINE_BUCKETS * TAT_LEN];
+    match inline.get_mut(..len) {
+        Some(out) => f(out),
+        None => f(&mut vec![0; len]),
+    }
+}
+
+/// The plan's buckets as GCRAs (cheap: derived on each use, never stored).
+fn gcras(plan: &Plan) -> impl Iterator<Item = Gcra> + '_ {
+    plan.buckets.iter().map(Gcra::new)
+}
+
+/// Decimal digits of the largest slot number.
+const SLOT_DIGITS: usize = (SLOTS - 1).ilog10() as usize + 1;
+
+/// The shared-data key of a slot, `edge_auth/rl/<slot in decimal>`, built on
+/// the stack: a charge names up to `CHOICES × WINDOW` of them.
+#[derive(Clone, Copy)]
+struct SlotKey {
+    bytes: [u8; KEY_PREFIX.len() + SLOT_DIGITS],
+    len: usize,
+}
+
+impl SlotKey {
+    fn new(bucket: u64, index: u64) -> Self {
+        // Wrapping, as the arithmetic always did in release builds; callers'
+        // buckets are below `BUCKETS`, so nothing wraps.
+        let mut slot = bucket.wrapping_mul(WINDOW).wrapping_add(index) % SLOTS;
+        let len = KEY_PREFIX.len() + slot.checked_ilog10().map_or(1, |log| log as usize + 1);
+        let mut bytes = [0; KEY_PREFIX.len() + SLOT_DIGITS];
+        for (out, &byte) in bytes.iter_mut().zip(KEY_PREFIX.as_bytes()) {
+            *out = byte;
+        }
+        // The digits, last first.
+        for digit in bytes.iter_mut().take(len).skip(KEY_PREFIX.len()).rev() {
+            *digit = b'0' + (slot % 10) as u8;
+            slot /= 10;
+        }
+        Self { bytes, len }
+    }
+
+    fn as_str(&self) -> &str {
+        // ASCII by construction, so this cannot fail; were it to, every slot
+        // would be one key, which callers fight over and are refused (fail
+        // closed), rather than a panic.
+        self.bytes.get(..self.len).and_then(|bytes| std::str::from_utf8(bytes).ok()).unwrap_or(KEY_PREFIX)
+    }
+}
+
+impl std::ops::Deref for SlotKey {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
 }
 
 /// Takes one token from every bucket of `plan` for `caller`, all or nothing.
 pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u64) -> ChargeResult {
-    let gcras: Vec<Gcra> = plan.buckets.iter().map(Gcra::new).collect();
     let attempt = || -> Result<Charge, Conflict> {
-        let Slot { key, cas, tats, clock_ns } = match find_slot(store, plan, caller, &gcras, now_ns) {
+        let slot = match find_slot(store, plan, caller, now_ns) {
             Ok(slot) => slot,
             Err(Full { idle_at_ns }) => {
                 let retry_after_s = ceil_seconds(u128::from(idle_at_ns.saturating_sub(now_ns)));
@@ -139,37 +223,40 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
         // workers read the clock: one that read it before the last writer did
         // is charged at the writer's time, so each admitted request leaves
         // exactly one token fewer.
-        let now_ns = now_ns.max(clock_ns);
-        let draws: Vec<Draw> = gcras.iter().zip(&tats).map(|(g, &tat)| g.check(tat, now_ns)).collect();
-        if let Some(retry_in_ns) = draws
-            .iter()
-            .filter_map(|v| match v {
-                Draw::Refuse { retry_in_ns } => Some(*retry_in_ns),
-                Draw::Admit { .. } => None,
-            })
-            .max()
-        {
-            // A refusal takes no token, so nothing is written.
-            let quota = most_constrained(&gcras, &tats, now_ns);
-            return Ok(Charge::Limited { quota, retry_after_s: ceil_seconds(retry_in_ns) });
-        }
-        let mut quota: Option<Quota> = None;
-        let mut next = Vec::with_capacity(draws.len());
-        let mut idle_at_ns = now_ns;
-        for (g, draw) in gcras.iter().zip(&draws) {
-            if let Draw::Admit { tat, remaining, full_in_ns } = *draw {
-                next.push(tat);
-                idle_at_ns = idle_at_ns.max(now_ns.saturating_add(u64::try_from(full_in_ns).unwrap_or(u64::MAX)));
-                let candidate = Quota { limit: g.capacity(), remaining, reset_s: ceil_seconds(full_in_ns) };
-                if quota.is_none_or(|q| candidate.remaining < q.remaining) {
-                    quota = Some(candidate);
+        let now_ns = now_ns.max(slot.clock_ns);
+        with_entry_buffer(plan.buckets.len(), |out| {
+            let Some((header, next)) = out.split_first_chunk_mut::<{ Header::LEN }>() else {
+                return Ok(Charge::Contended); // Cannot happen: the buffer holds a header.
+            };
+            // One pass: the new TATs go straight into the entry to write; the
+            // stored ones stay as they were, for a refusal to report.
+            let mut refused: Option<u128> = None;
+            let mut quota: Option<Quota> = None;
+            let mut idle_at_ns = now_ns;
+            for ((g, tat), out) in gcras(plan).zip(slot.tats()).zip(tat_slots(next)) {
+                match g.check(tat, now_ns) {
+                    Draw::Refuse { retry_in_ns } => refused = refused.max(Some(retry_in_ns)),
+                    Draw::Admit { tat, remaining, full_in_ns } => {
+                        *out = tat.to_le_bytes();
+                        let full_at_ns = now_ns.saturating_add(u64::try_from(full_in_ns).unwrap_or(u64::MAX));
+                        idle_at_ns = idle_at_ns.max(full_at_ns);
+                        let candidate = Quota { limit: g.capacity(), remaining, reset_s: ceil_seconds(full_in_ns) };
+                        if quota.is_none_or(|q| candidate.remaining < q.remaining) {
+                            quota = Some(candidate);
+                        }
+                    }
                 }
             }
-        }
-        let entry =
-            Entry { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, clock_ns: now_ns, tats: next };
-        store.set(&key, &entry.encode(), cas)?;
-        Ok(Charge::Admitted(quota.unwrap_or(Quota { limit: 0, remaining: 0, reset_s: 0 })))
+            if let Some(retry_in_ns) = refused {
+                // A refusal takes no token, so nothing is written.
+                let quota = most_constrained(plan, slot.tats(), now_ns);
+                return Ok(Charge::Limited { quota, retry_after_s: ceil_seconds(retry_in_ns) });
+            }
+            *header =
+                Header { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, clock_ns: now_ns }.encode();
+            store.set(&slot.key, out, slot.cas)?;
+            Ok(Charge::Admitted(quota.unwrap_or(Quota { limit: 0, remaining: 0, reset_s: 0 })))
+        })
     };
     let retried = retry(MAX_ATTEMPTS, attempt);
     ChargeResult { charge: retried.value.unwrap_or(Charge::Contended), conflicts: retried.conflicts }
@@ -180,37 +267,54 @@ pub fn charge(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u6
 /// refusal by one scope takes nothing from the other. Returns whether a token
 /// was given back.
 pub fn refund(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u64) -> bool {
-    let gcras: Vec<Gcra> = plan.buckets.iter().map(Gcra::new).collect();
     let attempt = || -> Result<bool, Conflict> {
-        let Ok(Slot { key, cas, tats, clock_ns }) = find_slot(store, plan, caller, &gcras, now_ns) else {
+        let Ok(slot) = find_slot(store, plan, caller, now_ns) else {
             return Ok(false);
         };
-        if clock_ns == 0 {
+        if slot.clock_ns == 0 {
             return Ok(false); // Nothing of this caller's is stored.
         }
-        let now_ns = now_ns.max(clock_ns);
-        let tats: Vec<Tat> = gcras.iter().zip(&tats).map(|(g, &tat)| g.give_back(tat)).collect();
-        let full_in_ns = gcras.iter().zip(&tats).map(|(g, &tat)| g.peek(tat, now_ns).1).max().unwrap_or(0);
-        let idle_at_ns = now_ns.saturating_add(u64::try_from(full_in_ns).unwrap_or(u64::MAX));
-        let entry = Entry { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, clock_ns: now_ns, tats };
-        store.set(&key, &entry.encode(), cas)?;
-        Ok(true)
+        let now_ns = now_ns.max(slot.clock_ns);
+        with_entry_buffer(plan.buckets.len(), |out| {
+            let Some((header, next)) = out.split_first_chunk_mut::<{ Header::LEN }>() else {
+                return Ok(false); // Cannot happen: the buffer holds a header.
+            };
+            let mut full_in_ns = 0;
+            for ((g, tat), out) in gcras(plan).zip(slot.tats()).zip(tat_slots(next)) {
+                let tat = g.give_back(tat);
+                *out = tat.to_le_bytes();
+                full_in_ns = full_in_ns.max(g.peek(tat, now_ns).1);
+            }
+            let idle_at_ns = now_ns.saturating_add(u64::try_from(full_in_ns).unwrap_or(u64::MAX));
+            *header =
+                Header { caller: caller.fingerprint, plan: plan.fingerprint, idle_at_ns, clock_ns: now_ns }.encode();
+            store.set(&slot.key, out, slot.cas)?;
+            Ok(true)
+        })
     };
     retry(MAX_ATTEMPTS, attempt).value.unwrap_or(false)
 }
 
 /// Where a charge writes, with the CAS condition, and the buckets it finds.
 struct Slot {
-    key: String,
+    key: SlotKey,
     cas: Cas,
-    tats: Vec<Tat>,
+    /// The caller's entry as stored, when its buckets are usable; empty for
+    /// fresh buckets.
+    stored: Vec<u8>,
     /// The clock of the last charge (0 for fresh buckets).
     clock_ns: u64,
 }
 
 impl Slot {
-    fn fresh(key: String, cas: Cas, gcras: &[Gcra]) -> Self {
-        Self { key, cas, tats: vec![0; gcras.len()], clock_ns: 0 }
+    fn fresh(key: SlotKey, cas: Cas) -> Self {
+        Self { key, cas, stored: Vec::new(), clock_ns: 0 }
+    }
+
+    /// The buckets' TATs, in the plan's order: as stored, then full buckets
+    /// (TAT 0) for as many as are asked, which is all of a fresh slot's.
+    fn tats(&self) -> impl Iterator<Item = Tat> + '_ {
+        read_tats(self.stored.get(Header::LEN..).unwrap_or_default()).chain(std::iter::repeat(0))
     }
 }
 
@@ -224,7 +328,7 @@ struct Full {
 #[derive(Default)]
 struct Seen {
     /// Its first free or idle slot.
-    claim: Option<(String, Cas)>,
+    claim: Option<(SlotKey, Cas)>,
     /// Slots held by other callers that are still active.
     active: u64,
 }
@@ -235,35 +339,29 @@ struct Seen {
 /// prefix of it: a slot that was never written ends that bucket's search.
 /// A new caller goes to whichever of its buckets holds fewer active callers
 /// (the first on a tie), which keeps buckets evenly filled.
-fn find_slot(
-    store: &dyn SharedStore,
-    plan: &Plan,
-    caller: CallerId,
-    gcras: &[Gcra],
-    now_ns: u64,
-) -> Result<Slot, Full> {
+fn find_slot(store: &dyn SharedStore, plan: &Plan, caller: CallerId, now_ns: u64) -> Result<Slot, Full> {
     let mut seen: [Seen; CHOICES] = Default::default();
     let mut idle_at_ns = u64::MAX;
     for (&bucket, seen) in caller.buckets.iter().zip(&mut seen) {
         for index in 0..WINDOW {
-            let key = slot_key(bucket, index);
+            let key = SlotKey::new(bucket, index);
             let Some((bytes, cas)) = store.get(&key) else {
                 seen.claim.get_or_insert((key, Cas::Absent));
                 break;
             };
             match Entry::decode(&bytes) {
-                Some(entry) if entry.caller == caller.fingerprint => {
+                Some(entry) if entry.header.caller == caller.fingerprint => {
                     let cas = Cas::Match(cas);
-                    let usable = entry.plan == plan.fingerprint && entry.tats.len() == gcras.len();
+                    let usable = entry.header.plan == plan.fingerprint && entry.buckets() == plan.buckets.len();
                     return Ok(if usable {
-                        Slot { key, cas, tats: entry.tats, clock_ns: entry.clock_ns }
+                        Slot { key, cas, clock_ns: entry.header.clock_ns, stored: bytes }
                     } else {
-                        Slot::fresh(key, cas, gcras)
+                        Slot::fresh(key, cas)
                     });
                 }
-                Some(entry) if entry.idle_at_ns > now_ns => {
+                Some(Entry { header, .. }) if header.idle_at_ns > now_ns => {
                     seen.active += 1;
-                    idle_at_ns = idle_at_ns.min(entry.idle_at_ns);
+                    idle_at_ns = idle_at_ns.min(header.idle_at_ns);
                 }
                 _ => {
                     seen.claim.get_or_insert((key, Cas::Match(cas)));
@@ -272,15 +370,14 @@ fn find_slot(
         }
     }
     let emptiest = seen.into_iter().filter(|s| s.claim.is_some()).min_by_key(|s| s.active);
-    emptiest.and_then(|s| s.claim).map(|(key, cas)| Slot::fresh(key, cas, gcras)).ok_or(Full { idle_at_ns })
+    emptiest.and_then(|s| s.claim).map(|(key, cas)| Slot::fresh(key, cas)).ok_or(Full { idle_at_ns })
 }
 
 /// The bucket with the fewest tokens left, without taking one.
-fn most_constrained(gcras: &[Gcra], tats: &[Tat], now_ns: u64) -> Quota {
-    gcras
-        .iter()
+fn most_constrained(plan: &Plan, tats: impl Iterator<Item = Tat>, now_ns: u64) -> Quota {
+    gcras(plan)
         .zip(tats)
-        .map(|(g, &tat)| {
+        .map(|(g, tat)| {
             let (remaining, full_in_ns) = g.peek(tat, now_ns);
             Quota { limit: g.capacity(), remaining, reset_s: ceil_seconds(full_in_ns) }
         })
@@ -327,8 +424,25 @@ mod tests {
         (0..n).filter(|_| matches!(charge(store, plan, caller, now).charge, Charge::Admitted(_))).count()
     }
 
+    fn slot_key(bucket: u64, index: u64) -> SlotKey {
+        SlotKey::new(bucket, index)
+    }
+
+    /// An entry as version 2 lays it out: the version, the header's numbers,
+    /// then the TATs, all little-endian.
+    fn encode(header: Header, tats: &[Tat]) -> Vec<u8> {
+        let mut out = vec![VERSION];
+        for n in [header.caller, header.plan, header.idle_at_ns, header.clock_ns] {
+            out.extend_from_slice(&n.to_le_bytes());
+        }
+        for tat in tats {
+            out.extend_from_slice(&tat.to_le_bytes());
+        }
+        out
+    }
+
     fn active(caller: u64, idle_at_ns: u64) -> Vec<u8> {
-        Entry { caller, plan: 0, idle_at_ns, clock_ns: T0, tats: vec![0] }.encode()
+        encode(Header { caller, plan: 0, idle_at_ns, clock_ns: T0 }, &[0])
     }
 
     #[test]
@@ -494,16 +608,64 @@ mod tests {
 
     #[test]
     fn entries_round_trip_and_garbage_is_refused() {
-        let entry = Entry { caller: 1, plan: 2, idle_at_ns: 3, clock_ns: 5, tats: vec![4, u128::MAX] };
-        let back = Entry::decode(&entry.encode()).unwrap();
-        assert_eq!(
-            (back.caller, back.plan, back.idle_at_ns, back.clock_ns, back.tats),
-            (1, 2, 3, 5, vec![4, u128::MAX])
-        );
+        let header = Header { caller: 1, plan: 2, idle_at_ns: 3, clock_ns: 5 };
+        let bytes = encode(header, &[4, u128::MAX]);
+        assert_eq!(bytes.get(..Header::LEN), Some(&header.encode()[..]));
+        let back = Entry::decode(&bytes).unwrap();
+        assert_eq!((back.header, back.buckets()), (header, 2));
+        assert_eq!(read_tats(back.tats).collect::<Vec<_>>(), vec![4, u128::MAX]);
         assert!(Entry::decode(b"").is_none());
         assert!(Entry::decode(&[VERSION, 1, 2]).is_none());
-        let mut odd = entry.encode();
+        let mut odd = bytes.clone();
         odd.push(0);
         assert!(Entry::decode(&odd).is_none());
+        let mut other = bytes;
+        other[0] = VERSION + 1;
+        assert!(Entry::decode(&other).is_none());
+    }
+
+    #[test]
+    fn a_charge_writes_the_entry_as_version_2_lays_it_out() {
+        let p = plans(&[(10, 10), (5, 60)]);
+        let store = MemoryStore::default();
+        let caller = id(&store, "k:layout");
+        assert!(matches!(charge(&store, plan(&p), caller, T0).charge, Charge::Admitted(_)));
+        let (bytes, _) = caller.buckets.iter().find_map(|&bucket| store.get(&slot_key(bucket, 0))).unwrap();
+        // A fresh bucket's TAT becomes now + one interval, in units of
+        // 1 / requests ns; the minute bucket is full again last, 60 s / 5
+        // after its one token.
+        let tats = [u128::from(T0) * 10 + 10 * u128::from(SECOND), u128::from(T0) * 5 + 60 * u128::from(SECOND)];
+        let header = Header {
+            caller: caller.fingerprint,
+            plan: plan(&p).fingerprint,
+            idle_at_ns: T0 + 12 * SECOND,
+            clock_ns: T0,
+        };
+        assert_eq!(bytes, encode(header, &tats));
+    }
+
+    #[test]
+    fn slot_keys_are_the_prefix_and_the_slot_in_decimal() {
+        for slot in 0..SLOTS {
+            let key = slot_key(slot / WINDOW, slot % WINDOW);
+            assert_eq!(key.as_str(), format!("{KEY_PREFIX}{slot}"));
+        }
+        // Slot numbers wrap around the table.
+        assert_eq!(slot_key(BUCKETS, 1).as_str(), format!("{KEY_PREFIX}1"));
+    }
+
+    #[test]
+    fn plans_bigger_than_the_inline_buffer_charge_and_refund_every_bucket() {
+        let buckets: Vec<(u64, u64)> = (0..INLINE_BUCKETS as u64 + 3).map(|i| (3 + i, 60 * (i + 1))).collect();
+        let p = plans(&buckets);
+        let store = MemoryStore::default();
+        let caller = id(&store, "k:big");
+        assert_eq!(admitted(&store, plan(&p), "k:big", 10, T0), 3);
+        assert!(refund(&store, plan(&p), caller, T0));
+        assert_eq!(
+            charge(&store, plan(&p), caller, T0).charge,
+            Charge::Admitted(Quota { limit: 3, remaining: 0, reset_s: 60 })
+        );
+        assert!(matches!(charge(&store, plan(&p), caller, T0).charge, Charge::Limited { .. }));
     }
 }

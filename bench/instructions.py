@@ -2,9 +2,11 @@
 
     bench/instructions.py [VARIANT ...]
 
-A VARIANT is `plain`, `native keys` (api_key_auth + local_ratelimit), a
-`.so` (a build of the native dynamic module, loaded as edge_auth) or a
-directory holding one. Default: plain, native keys and target/release.
+A VARIANT is `plain`, `native keys` (api_key_auth + local_ratelimit),
+`native jwt cached`, a `.so` (a build of the native dynamic module, loaded as
+edge_auth) or a directory holding one. Default: plain, the native chain and
+target/release. BENCH_REQUEST=jwt sends a cached RS256 token instead of an
+`x-api-key` (then compare with `native jwt cached`).
 
 Each Envoy (`--concurrency 1`, the policy and x-api-key request of
 compare.py) runs under valgrind's callgrind with instrumentation off while it
@@ -39,11 +41,13 @@ import envoy as envoy_package
 import yaml
 
 import compare
-from compare import CONFIGS, ENVOY_YAML, PEPPER, api_key, dynamic_filter, free_port, hcm_of, start_nginx
+from compare import CONFIGS, ENVOY_YAML, PEPPER, api_key, dynamic_filter, free_port, hcm_of, sign, start_nginx
 
 ENVOY_REAL = Path(envoy_package.__file__).parent / "_bin/envoy"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
-DEFAULT = ["plain", "native keys", str(compare.ROOT / "target/release/libedge_auth.so")]
+JWT = os.environ.get("BENCH_REQUEST") == "jwt"
+DEFAULT = ["plain", "native jwt cached" if JWT else "native keys", str(compare.ROOT / "target/release/libedge_auth.so")]
+HEADER = f"authorization: Bearer {sign('RS256', exp=int(time.time()) + 7200)}" if JWT else f"x-api-key: {api_key(7)}"
 
 
 def envoy_config(workdir, upstream_port, filters):
@@ -68,7 +72,7 @@ def served(admin):
 
 
 def wrk(port, seconds):
-    subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "-H", f"x-api-key: {api_key(7)}",
+    subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "-H", HEADER,
                     f"http://127.0.0.1:{port}/"], capture_output=True, check=True)
 
 
@@ -174,7 +178,8 @@ def main():
         nginx.stop()
     columns = ["envoy", "libc", "module", "module, SHA-256", "other"]
     plain = next((sum(per.values()) for v, _, per in rows if v == "plain"), None)
-    print(f"Instructions per x-api-key request under callgrind ({SECONDS} s of wrk, Envoy --concurrency 1)")
+    what = "cached RS256 JWT" if JWT else "x-api-key"
+    print(f"Instructions per {what} request under callgrind ({SECONDS} s of wrk, Envoy --concurrency 1)")
     print("| variant | requests | " + " | ".join(columns) + " | total | over plain |")
     print("| --- | ---: | " + " | ".join("---:" for _ in columns) + " | ---: | ---: |")
     for variant, requests, per in rows:

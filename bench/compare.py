@@ -10,7 +10,11 @@ The same nginx upstream sits behind several Envoys (`--concurrency 1`):
   dynamic the same engine and policy as Envoy's native dynamic module
           (`make dynamic`: target/release/libedge_auth.so, no wasm runtime);
   floor   bench/noop-filter, a proxy-wasm filter that does nothing: what the
-          wasm runtime costs per request before any filter logic.
+          wasm runtime costs per request before any filter logic;
+  effects the same filter doing only the effects edge-auth applies to an
+          admitted API-key request (header map read, a shared-data
+          compare-and-swap, 6 request + 3 response headers): what the
+          proxy-wasm host charges for the contract before any deciding.
 wrk drives each (config, scenario) pair for a few seconds. Every Envoy stays
 up for the whole run and the pairs are interleaved over several rounds, each
 round in a rotated order; medians over rounds are reported. On two or more
@@ -184,6 +188,7 @@ CONFIGS = {
     "module": module_filter,
     "dynamic module": dynamic_filter,
     "wasm floor": lambda base: wasm_module(base, NOOP, "{}"),
+    "wasm effects": lambda base: wasm_module(base, NOOP, '{"effects": true}'),
 }
 
 
@@ -232,9 +237,9 @@ http {{
     return proc, port
 
 
-def start_envoy(name, workdir, upstream_port, filters=None, module_dir=MODULE_DIR):
-    """An Envoy running `filters(base)` (default: CONFIGS[name]) before the router; a dynamic
-    module is loaded from `module_dir`."""
+def local_config(upstream_port):
+    """envoy/envoy.yaml on free local ports, every cluster sent to `upstream_port`:
+    (the configuration, its listener's port, its admin port)."""
     base = yaml.safe_load(ENVOY_YAML.read_text())
     port, admin = free_port(), free_port()
     base["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1",
@@ -243,6 +248,13 @@ def start_envoy(name, workdir, upstream_port, filters=None, module_dir=MODULE_DI
     for cluster in base["static_resources"]["clusters"]:
         endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
         endpoint["address"]["socket_address"]["port_value"] = upstream_port
+    return base, port, admin
+
+
+def start_envoy(name, workdir, upstream_port, filters=None, module_dir=MODULE_DIR):
+    """An Envoy running `filters(base)` (default: CONFIGS[name]) before the router; a dynamic
+    module is loaded from `module_dir`."""
+    base, port, admin = local_config(upstream_port)
     hcm = hcm_of(base)
     router = hcm["http_filters"][-1]
     hcm["http_filters"] = (filters or CONFIGS[name])(base) + [router]
@@ -288,7 +300,7 @@ def scenarios(workdir):
         return {"authorization": f"Bearer {token}"}
 
     exp = int(time.time()) + 7200
-    keys = ["plain", "wasm floor", "native keys", "module", "dynamic module"]
+    keys = ["plain", "wasm floor", "wasm effects", "native keys", "module", "dynamic module"]
     cached = ["plain", "wasm floor", "native jwt cached", "module", "dynamic module"]
     uncached = ["plain", "wasm floor", "native jwt uncached", "module", "dynamic module"]
     return [
@@ -337,8 +349,9 @@ def request(port, headers):
 # --- report ---------------------------------------------------------------------------------
 
 def role(config):
-    # plain | floor | native | module | dynamic
-    return {"wasm floor": "floor", "dynamic module": "dynamic"}.get(config, config.split()[0])
+    # plain | floor | effects | native | module | dynamic
+    return {"wasm floor": "floor", "wasm effects": "effects", "dynamic module": "dynamic"}.get(config,
+                                                                                              config.split()[0])
 
 
 def machine():
@@ -354,7 +367,9 @@ def report(table, rss, scen):
         f"Envoy {envoy_version.split('/')[1]} `--concurrency 1` (its own core), nginx upstream, "
         f"wrk 1 thread × {CONNECTIONS} connections; {ROUNDS} interleaved rounds of {SECONDS} s, medians. "
         f"Module: {MODULE.stat().st_size:,} bytes; {KEYS:,} keys in both the module and api_key_auth. "
-        "*wasm floor* is bench/noop-filter, a proxy-wasm filter that does nothing; "
+        "*wasm floor* is bench/noop-filter, a proxy-wasm filter that does nothing, and *wasm effects* the same "
+        "filter doing only edge-auth's effects (header map read, a shared-data compare-and-swap, 6 request and "
+        "3 response headers); "
         "*dynamic module* is the native build (libedge_auth.so) with the same policy.",
         "",
         "| scenario | Envoy | req/s | × plain | × native | p50 µs | p99 µs | Envoy CPU µs/req |",
@@ -370,7 +385,7 @@ def report(table, rss, scen):
         for c in s.configs:
             m = medians[c]
             vs_plain = f"{m['rps'] / plain:.2f}" if plain else "–"
-            vs_native = f"{m['rps'] / native:.2f}" if role(c) in ("native", "module", "dynamic") else "–"
+            vs_native = f"{m['rps'] / native:.2f}" if role(c) in ("effects", "native", "module", "dynamic") else "–"
             lines.append(f"| {s.name} | {c} | {m['rps']:,.0f} | {vs_plain} | {vs_native} | "
                          f"{m['p50_us']:,.0f} | {m['p99_us']:,.0f} | {m['cpu_us']:.0f} |")
     lines += ["", "Envoy resident memory after the run: "
@@ -384,7 +399,7 @@ def report(table, rss, scen):
 
 def chart(scen, medians_of):
     """Grouped horizontal bars: requests/s per scenario, one bar per Envoy."""
-    colours = {"plain": "#9aa5b1", "floor": "#c9c3a3", "native": "#3d7dca", "module": "#e8833a",
+    colours = {"plain": "#9aa5b1", "floor": "#c9c3a3", "effects": "#a99a5b", "native": "#3d7dca", "module": "#e8833a",
                "dynamic": "#5aa469"}
     bar, gap, left, width = 16, 14, 190, 520
     top = max(m["rps"] for medians in medians_of.values() for m in medians.values())

@@ -22,14 +22,12 @@ import tempfile
 import urllib.request
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "e2e"))
 
-from compare import LUA, Proc, hcm_of, start_nginx, wait_http, wasm_module  # noqa: E402
+from compare import LUA, Proc, hcm_of, local_config, start_nginx, wait_http, wasm_module  # noqa: E402
 from fleet import RedisServer, Rls, grpc_cluster  # noqa: E402
-from harness import ENVOY_BIN, ENVOY_YAML, WASM, free_port  # noqa: E402
+from harness import ENVOY_BIN, WASM  # noqa: E402
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
 SECONDS = int(os.environ.get("BENCH_SECONDS", "3"))
@@ -74,14 +72,7 @@ CONFIGS = {
 
 
 def start_envoy(name, workdir, upstream_port, rls_port):
-    base = yaml.safe_load(ENVOY_YAML.read_text())
-    port, admin = free_port(), free_port()
-    base["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1",
-                                                                            "port_value": port}
-    base["admin"]["address"]["socket_address"]["port_value"] = admin
-    for cluster in base["static_resources"]["clusters"]:
-        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        endpoint["address"]["socket_address"]["port_value"] = upstream_port  # the limiter's is replaced below
+    base, port, admin = local_config(upstream_port)  # the limiter's cluster is replaced below
     clusters = base["static_resources"]["clusters"]
     clusters[:] = [c for c in clusters if c["name"] != "edge_auth_rls"] + [grpc_cluster("edge_auth_rls", [rls_port])]
     hcm = hcm_of(base)

@@ -38,10 +38,9 @@ from collections import Counter
 from pathlib import Path
 
 import envoy as envoy_package
-import yaml
 
 import compare
-from compare import CONFIGS, ENVOY_YAML, PEPPER, api_key, dynamic_filter, free_port, hcm_of, sign, start_nginx
+from compare import CONFIGS, PEPPER, api_key, dynamic_filter, hcm_of, local_config, sign, start_nginx
 
 ENVOY_REAL = Path(envoy_package.__file__).parent / "_bin/envoy"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
@@ -51,14 +50,7 @@ HEADER = f"authorization: Bearer {sign('RS256', exp=int(time.time()) + 7200)}" i
 
 
 def envoy_config(workdir, upstream_port, filters):
-    base = yaml.safe_load(ENVOY_YAML.read_text())
-    port, admin = free_port(), free_port()
-    base["static_resources"]["listeners"][0]["address"]["socket_address"] = {"address": "127.0.0.1",
-                                                                            "port_value": port}
-    base["admin"]["address"]["socket_address"]["port_value"] = admin
-    for cluster in base["static_resources"]["clusters"]:
-        endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-        endpoint["address"]["socket_address"]["port_value"] = upstream_port
+    base, port, admin = local_config(upstream_port)
     hcm = hcm_of(base)
     hcm["http_filters"] = filters(base) + [hcm["http_filters"][-1]]
     path = workdir / "envoy.json"

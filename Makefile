@@ -93,12 +93,15 @@ bench-envoy: wasm dynamic cli venv bench-tools
 	$(PYTHON) bench/revocation.py
 	$(PYTHON) bench/webhook.py
 
-# Instructions per request (Envoy under callgrind): plain, the native chain and
-# the native build, exact from run to run where CPU time on a shared machine is
-# not (bench/instructions.py; valgrind from Debian's packages).
+# Instructions per request (Envoy under callgrind): plain, the native chain,
+# a dynamic module doing nothing or only edge-auth's header effects
+# (bench/noop-dynamic), and the native build; exact from run to run where CPU
+# time on a shared machine is not (bench/instructions.py; valgrind from
+# Debian's packages).
 bench-instructions: dynamic venv bench-tools
 	@command -v valgrind >/dev/null || \
 	  { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq valgrind >/dev/null; }
+	cargo build --release --manifest-path bench/noop-dynamic/Cargo.toml --target-dir target/noop-dynamic
 	$(PYTHON) bench/instructions.py
 
 # Key sets at scale: Envoy RSS, CPU per request, first load and revocation

@@ -3,8 +3,10 @@
     bench/instructions.py [VARIANT ...]
 
 A VARIANT is `plain`, `native keys` (api_key_auth + local_ratelimit),
-`native jwt cached`, a `.so` (a build of the native dynamic module, loaded as
-edge_auth) or a directory holding one. Default: plain, the native chain and
+`native jwt cached`, `dynamic floor` and `dynamic effects` (bench/noop-dynamic:
+a dynamic module that does nothing, and the same doing only edge-auth's header
+effects), a `.so` (a build of the native dynamic module, loaded as edge_auth)
+or a directory holding one. Default: plain, the native chain, both floors and
 target/release. BENCH_REQUEST=jwt sends a cached RS256 token instead of an
 `x-api-key` (then compare with `native jwt cached`).
 
@@ -40,12 +42,15 @@ from pathlib import Path
 import envoy as envoy_package
 
 import compare
-from compare import CONFIGS, PEPPER, api_key, dynamic_filter, hcm_of, local_config, sign, start_nginx
+from compare import CONFIGS, PEPPER, api_key, dynamic_filter, dynamic_module, hcm_of, local_config, sign, start_nginx
 
 ENVOY_REAL = Path(envoy_package.__file__).parent / "_bin/envoy"
 SECONDS = int(os.environ.get("BENCH_SECONDS", "10"))
 JWT = os.environ.get("BENCH_REQUEST") == "jwt"
-DEFAULT = ["plain", "native jwt cached" if JWT else "native keys", str(compare.ROOT / "target/release/libedge_auth.so")]
+NOOP_DYNAMIC = compare.ROOT / "target/noop-dynamic/release"
+FLOORS = {"dynamic floor": "{}", "dynamic effects": '{"effects": true}'}
+DEFAULT = ["plain", "native jwt cached" if JWT else "native keys", *FLOORS,
+           str(compare.ROOT / "target/release/libedge_auth.so")]
 HEADER = f"authorization: Bearer {sign('RS256', exp=int(time.time()) + 7200)}" if JWT else f"x-api-key: {api_key(7)}"
 
 
@@ -74,6 +79,9 @@ def callgrind(variant, upstream_port):
     module_dir = None
     if variant in CONFIGS:
         filters = CONFIGS[variant]
+    elif variant in FLOORS:
+        module_dir = NOOP_DYNAMIC
+        filters = lambda base: dynamic_module(FLOORS[variant])  # noqa: E731
     else:
         so = Path(variant)
         module_dir = so if so.is_dir() else so.parent

@@ -73,7 +73,8 @@ pub fn update(
 /// Unkeyed, so not for keys an attacker chooses; the store's keys are the
 /// module's own: the rate limiter's and leases' fixed sets of slots (which
 /// slot a caller uses comes from a keyed hash, and every slot may be in use
-/// at once anyway) and names derived from the configuration. Words are
+/// at once anyway) and names derived from the configuration. The key index
+/// hashes with it too: its keys start HMACs under the pepper. Words are
 /// combined as FxHash does, and the result goes through MurmurHash3's
 /// finaliser so that every input bit reaches the low bits a hash table
 /// indexes by (a test checks the rate limiter's slots spread).

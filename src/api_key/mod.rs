@@ -9,13 +9,14 @@ mod index;
 use crate::config::{ApiKeysDoc, ConfigError, Environment, KeyChangesDoc, KeyRecordDoc};
 use crate::rate_limit::{PlanId, Plans};
 use crate::remote::Endpoint;
+use crate::store::StoreHasher;
 use crate::text::{is_header_safe, is_scope};
 use hmac::{Hmac, Mac};
 pub use index::{Changes, Held, KeyIndex, Lookup, Staged};
 use sha2::Sha256;
 use std::collections::{HashMap, HashSet};
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::BuildHasherDefault;
 use subtle::ConstantTimeEq;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -153,31 +154,10 @@ pub struct RecordRules<'a> {
     pub plans: &'a Plans,
 }
 
-/// Keys by the first eight bytes of their hash ([`KeyHash::index`]).
-type ByHash = HashMap<u64, Vec<usize>, BuildHasherDefault<PassThrough>>;
-
-/// The index is the start of an HMAC-SHA256: already evenly spread, and no
-/// client can aim at one without the pepper, so hashing it again (SipHash,
-/// about a tenth of a request's lookup) buys nothing.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `u64`s are hashed here; this keeps any other input spread too.
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, index: u64) {
-        self.0 = index;
-    }
-}
+/// Keys by the first eight bytes of their hash ([`KeyHash::index`]): the
+/// start of an HMAC-SHA256, which no client can aim at without the pepper,
+/// so the store's fast unkeyed hasher serves instead of SipHash.
+type ByHash = HashMap<u64, Vec<usize>, BuildHasherDefault<StoreHasher>>;
 
 /// Known keys and revoked key ids: the policy's own, or a key server's copy
 /// (a fetched set lives in shared data, see [`KeyIndex`]). Takes changes
